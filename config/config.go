@@ -1,0 +1,112 @@
+// Package config is pgmoat's typed configuration: defaults, loading (YAML
+// file, PGMOAT_* environment variables, flags), strict decoding and
+// validation. viper is imported only in load.go.
+package config
+
+import "time"
+
+// Config is the whole configuration. A loaded Config is immutable: a reload
+// builds a new one and swaps it in.
+type Config struct {
+	Listen        string   `mapstructure:"listen"`         // client listener, default 127.0.0.1:6432
+	MetricsListen string   `mapstructure:"metrics_listen"` // /metrics, /healthz, /readyz; default 127.0.0.1:9930
+	Upstream      Upstream `mapstructure:"upstream"`
+	Users         []User   `mapstructure:"users"`
+	Policy        Policy   `mapstructure:"policy"`
+	Limits        Limits   `mapstructure:"limits"`
+	Log           Log      `mapstructure:"log"`
+	Metrics       Metrics  `mapstructure:"metrics"`
+}
+
+// Upstream is the PostgreSQL server pgmoat connects to, as its own role.
+type Upstream struct {
+	// DSN in libpq form (URL or key=value), as pgconn.ParseConfig reads it.
+	DSN string `mapstructure:"dsn"`
+	// PasswordFile, if set, holds the upstream password (overrides the DSN's).
+	// Load reads it into Password; a relative path is relative to the
+	// config file's directory.
+	PasswordFile string `mapstructure:"password_file"`
+	// Password, if non-empty, is the upstream password and overrides the
+	// DSN's. After Load it holds the contents of PasswordFile (trailing
+	// newline removed) or the value of upstream.password / the environment
+	// variable PGMOAT_UPSTREAM_PASSWORD; setting both password and
+	// password_file is an error.
+	Password string `mapstructure:"password"`
+	// Database is the only database name clients may ask for; empty means
+	// the DSN's database.
+	Database       string        `mapstructure:"database"`
+	ConnectTimeout time.Duration `mapstructure:"connect_timeout"` // default 10s
+}
+
+// User is one client login and the tenant it belongs to. Exactly one of
+// Password, PasswordFile and SCRAMVerifier is set in the file; secrets may
+// also come from the environment (PGMOAT_USERS_<i>_PASSWORD, i the index in
+// users) or files. After Load, Password holds the plaintext password whether
+// it came inline, from the environment or from PasswordFile (which is kept
+// for reference), and is empty exactly when SCRAMVerifier is set.
+type User struct {
+	Name          string `mapstructure:"name"`
+	Password      string `mapstructure:"password"`
+	PasswordFile  string `mapstructure:"password_file"`
+	SCRAMVerifier string `mapstructure:"scram_verifier"` // SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>
+	Tenant        string `mapstructure:"tenant"`         // required unless Admin
+	ReadOnly      bool   `mapstructure:"read_only"`
+	Admin         bool   `mapstructure:"admin"` // bypasses the policy and the tenant; every statement is audited
+}
+
+// Policy modes.
+const (
+	ModeEnforce = "enforce" // block what the policy refuses
+	ModeAudit   = "audit"   // allow it, but log and count what would be blocked
+)
+
+// Policy configures what tenants may run.
+type Policy struct {
+	Mode          string `mapstructure:"mode"`           // enforce (default) or audit
+	TenantSetting string `mapstructure:"tenant_setting"` // default app.current_tenant_id
+	// Protected tables declared in config ("schema.table" or "table" for
+	// public); they must have RLS enabled and forced with a tenant policy,
+	// or they are reported at startup and treated as unprotected.
+	Protected []string `mapstructure:"protected"`
+	// Shared tables: global, read-only unless Writable.
+	Shared []SharedTable `mapstructure:"shared"`
+	// AllowFunctions lists user-defined functions tenants may call
+	// ("schema.name"). SECURITY DEFINER functions need Trusted.
+	AllowFunctions []Function `mapstructure:"allow_functions"`
+	CacheSize      int        `mapstructure:"cache_size"` // decisions cached by text; default 10000
+	// CatalogRefresh is how often the catalog snapshot is reloaded; default 60s.
+	CatalogRefresh time.Duration `mapstructure:"catalog_refresh"`
+}
+
+// SharedTable is a table without tenant rows that every tenant may read.
+type SharedTable struct {
+	Name     string `mapstructure:"name"`
+	Writable bool   `mapstructure:"writable"`
+}
+
+// Function is an allow-listed user-defined function or procedure.
+type Function struct {
+	Name    string `mapstructure:"name"`
+	Trusted bool   `mapstructure:"trusted"` // allows SECURITY DEFINER
+}
+
+// Limits bounds what clients can cost.
+type Limits struct {
+	MaxClientConnections int           `mapstructure:"max_client_connections"` // default 1000
+	AuthTimeout          time.Duration `mapstructure:"auth_timeout"`           // default 15s
+	MaxMessageSize       int           `mapstructure:"max_message_size"`       // bytes; default 64 MiB
+	ShutdownTimeout      time.Duration `mapstructure:"shutdown_timeout"`       // default 30s
+}
+
+// Log configures the process log and the audit log.
+type Log struct {
+	Level  string `mapstructure:"level"`  // debug, info (default), warn, error
+	Format string `mapstructure:"format"` // json (default) or text
+}
+
+// Metrics configures the Prometheus metrics.
+type Metrics struct {
+	// TenantLabelCap bounds the distinct tenant label values; the rest are
+	// counted as "other". Default 100.
+	TenantLabelCap int `mapstructure:"tenant_label_cap"`
+}
