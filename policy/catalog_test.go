@@ -1,0 +1,117 @@
+package policy
+
+import (
+	"bufio"
+	"os"
+	"strings"
+	"testing"
+)
+
+// testSetting is the tenant setting of the test rules.
+const testSetting = "app.current_tenant_id"
+
+// demoCatalog mirrors deploy/demo/schema.sql plus a few objects for the
+// rules the demo does not exercise, on top of the real PostgreSQL 15
+// pg_catalog and information_schema (testdata/pg15_*.txt).
+func demoCatalog(t testing.TB) *Catalog {
+	t.Helper()
+	cat := &Catalog{
+		SearchPath: []string{"pg_catalog", "public"},
+		Relations:  map[string]*Relation{},
+		Functions:  map[string]*Function{},
+	}
+	addRel := func(r *Relation) { cat.Relations[r.Key()] = r }
+	addFn := func(f *Function) { cat.Functions[f.Key()] = f }
+
+	readFields(t, "testdata/pg15_relations.txt", func(f []string) {
+		addRel(&Relation{Schema: f[0], Name: f[1], Kind: f[2][0]})
+	})
+	readFields(t, "testdata/pg15_functions.txt", func(f []string) {
+		addFn(&Function{Schema: f[0], Name: f[1], Kind: f[2][0], SecurityDefiner: f[3] == "t"})
+	})
+
+	protected := func(name string) *Relation {
+		return &Relation{Schema: "public", Name: name, Kind: 'r', RowSecurity: true,
+			ForceRowSecurity: true, TenantPolicy: true, TenantColumn: true}
+	}
+	addRel(protected("customers"))
+	addRel(protected("orders"))
+	addRel(&Relation{Schema: "public", Name: "plans", Kind: 'r'})
+	addRel(&Relation{Schema: "public", Name: "feature_flags", Kind: 'r'})
+	addRel(&Relation{Schema: "public", Name: "audit_raw", Kind: 'r', TenantColumn: true})
+	// RLS enabled but not forced: pgmoat's role could own it.
+	addRel(&Relation{Schema: "public", Name: "notes", Kind: 'r', RowSecurity: true, TenantPolicy: true, TenantColumn: true})
+	// Declared protected in the rules, RLS without a tenant policy.
+	addRel(&Relation{Schema: "public", Name: "legacy", Kind: 'r', RowSecurity: true, ForceRowSecurity: true})
+	addRel(&Relation{Schema: "public", Name: "events", Kind: 'p', RowSecurity: true, ForceRowSecurity: true, TenantPolicy: true, TenantColumn: true})
+	addRel(&Relation{Schema: "billing", Name: "invoices", Kind: 'r', RowSecurity: true, ForceRowSecurity: true, TenantPolicy: true, TenantColumn: true})
+	addRel(&Relation{Schema: "billing", Name: "ledger", Kind: 'r'})
+	for _, s := range []struct{ seq, owner string }{
+		{"customers_id_seq", "public.customers"},
+		{"orders_id_seq", "public.orders"},
+		{"audit_raw_id_seq", "public.audit_raw"},
+		{"global_seq", ""},
+	} {
+		addRel(&Relation{Schema: "public", Name: s.seq, Kind: 'S', OwnedBy: s.owner})
+	}
+	addRel(&Relation{Schema: "public", Name: "audit_view", Kind: 'v', DependsOn: []string{"public.audit_raw"}})
+	addRel(&Relation{Schema: "public", Name: "orders_definer_view", Kind: 'v', DependsOn: []string{"public.orders"}})
+	addRel(&Relation{Schema: "public", Name: "orders_view", Kind: 'v', SecurityInvoker: true, DependsOn: []string{"public.orders"}})
+	addRel(&Relation{Schema: "public", Name: "order_plans", Kind: 'v', SecurityInvoker: true,
+		DependsOn: []string{"public.orders", "public.plans", "pg_catalog.pg_class"}})
+	addRel(&Relation{Schema: "public", Name: "big_orders", Kind: 'v', SecurityInvoker: true, DependsOn: []string{"public.orders_view"}})
+	addRel(&Relation{Schema: "public", Name: "invoker_audit", Kind: 'v', SecurityInvoker: true, DependsOn: []string{"public.audit_raw"}})
+	addRel(&Relation{Schema: "public", Name: "invoker_fn_view", Kind: 'v', SecurityInvoker: true,
+		DependsOn: []string{"public.orders"}, Functions: []string{"public.do_thing"}})
+	addRel(&Relation{Schema: "public", Name: "order_totals", Kind: 'm', DependsOn: []string{"public.orders"}})
+	addRel(&Relation{Schema: "public", Name: "remote_orders", Kind: 'f'})
+	addRel(&Relation{Schema: "public", Name: "pg_stat_statements", Kind: 'v'})
+
+	addFn(&Function{Schema: "public", Name: "do_thing", Kind: 'f'})
+	addFn(&Function{Schema: "public", Name: "elevated", Kind: 'f', SecurityDefiner: true})
+	addFn(&Function{Schema: "public", Name: "safe_fn", Kind: 'f'})
+	addFn(&Function{Schema: "public", Name: "trusted_definer", Kind: 'f', SecurityDefiner: true})
+	addFn(&Function{Schema: "public", Name: "untrusted_definer", Kind: 'f', SecurityDefiner: true})
+	addFn(&Function{Schema: "public", Name: "process_orders", Kind: 'p'})
+	addFn(&Function{Schema: "public", Name: "purge", Kind: 'p'})
+	addFn(&Function{Schema: "public", Name: "md5", Kind: 'f'}) // shadows pg_catalog.md5
+	addFn(&Function{Schema: "public", Name: "dblink", Kind: 'f'})
+	addFn(&Function{Schema: "public", Name: "dblink_exec", Kind: 'f'})
+	addFn(&Function{Schema: "public", Name: "pg_stat_statements", Kind: 'f'})
+	return cat
+}
+
+// demoRules are the rules the corpus runs under.
+func demoRules() Rules {
+	return Rules{
+		TenantSetting: testSetting,
+		Protected:     []string{"legacy", "public.audit_raw", "public.missing"},
+		Shared:        map[string]bool{"public.plans": false, "feature_flags": true, "public.gone": false},
+		AllowFunctions: map[string]bool{
+			"public.safe_fn":           false,
+			"public.trusted_definer":   true,
+			"public.untrusted_definer": false,
+			"public.process_orders":    false,
+		},
+	}
+}
+
+func readFields(t testing.TB, path string, f func([]string)) {
+	t.Helper()
+	file, err := os.Open(path)
+	if err != nil {
+		t.Fatalf("open %s: %v", path, err)
+	}
+	defer file.Close()
+	sc := bufio.NewScanner(file)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		f(strings.Fields(line))
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatalf("read %s: %v", path, err)
+	}
+}

@@ -1,0 +1,89 @@
+package policy
+
+// Class tells the rewriter how one statement relates to the tenant context.
+// It is a bit set so that the classes of statements that may share a name
+// (a prepared statement re-parsed with other text) can be merged with |.
+type Class uint8
+
+const (
+	// NeedsTenant: the statement may read or write data, so it must run in a
+	// transaction whose tenant setting is set. Transaction control (BEGIN,
+	// COMMIT, ROLLBACK, RELEASE, ROLLBACK TO, SET TRANSACTION), DISCARD ALL and
+	// empty statements are the only statements without it. SAVEPOINT has it,
+	// so that the tenant is always set outside every savepoint and ROLLBACK TO
+	// can never undo it.
+	NeedsTenant Class = 1 << iota
+	// EndsTxn: after the statement the tenant setting is gone (COMMIT,
+	// ROLLBACK, END, ABORT, ... AND CHAIN, PREPARE TRANSACTION, DISCARD ALL,
+	// CALL of a procedure that may commit).
+	EndsTxn
+	// CopyIn: COPY ... FROM STDIN; the client streams CopyData after it.
+	CopyIn
+)
+
+// Unknown is the class of a statement pgmoat has not seen (a prepared
+// statement name it does not know): assume the worst of both.
+const Unknown = NeedsTenant | EndsTxn
+
+// Stmt is one statement of a query text as the parser split it.
+type Stmt struct {
+	Start, End int // byte range in the text; End is exclusive
+	Class      Class
+}
+
+// Reason is the closed set of block reasons; it is a metric label value.
+type Reason string
+
+const (
+	ReasonParseError          Reason = "parse_error"
+	ReasonUnprotectedRelation Reason = "unprotected_relation"
+	ReasonUnknownRelation     Reason = "unknown_relation"
+	ReasonSharedWrite         Reason = "shared_write"
+	ReasonSystemCatalog       Reason = "system_catalog"
+	ReasonTenantSetting       Reason = "tenant_setting"
+	ReasonSetting             Reason = "setting"
+	ReasonRole                Reason = "role"
+	ReasonFunction            Reason = "function"
+	ReasonDDL                 Reason = "ddl"
+	ReasonStatement           Reason = "statement"
+	ReasonReadOnly            Reason = "read_only"
+	ReasonReservedName        Reason = "reserved_name"
+	ReasonProtocol            Reason = "protocol"
+)
+
+// Violation is why a statement is refused. It becomes an ErrorResponse.
+type Violation struct {
+	Stmt     int    // index into Decision.Stmts of the offending statement
+	Reason   Reason // metric label
+	Object   string // the relation, function or setting, e.g. "public.audit_raw"
+	Message  string // one line, starting with "pgmoat: "
+	Hint     string // optional
+	SQLState string // 42501, or 42601 for text that does not parse
+	Pos      int    // byte offset in the text of the offending token, or -1
+}
+
+func (v *Violation) Error() string { return v.Message }
+
+// Decision is the session-independent analysis of one query text. Decisions
+// are cached and shared between sessions: never modify one.
+type Decision struct {
+	Stmts     []Stmt     // every statement, in order; empty for an empty or comment-only text
+	Violation *Violation // the first violation, or nil
+
+	// TempNames are unqualified relation names that are not in the catalog.
+	// The text is allowed only if each is a temporary table the session
+	// created (Session.TempTables); otherwise it is refused as unknown.
+	TempNames []string
+	// CreatesTemp are temporary tables the text creates (CREATE TEMP TABLE,
+	// CREATE TEMP TABLE AS, SELECT INTO TEMP), to be added to the session.
+	CreatesTemp []string
+}
+
+// Session is what the policy needs to know about the client session.
+type Session struct {
+	Tenant     string
+	User       string
+	ReadOnly   bool
+	Admin      bool                // bypasses the policy; every statement is audited
+	TempTables map[string]struct{} // temporary tables this session created
+}

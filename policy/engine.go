@@ -1,0 +1,227 @@
+// Package policy decides whether a tenant may run a query text: it parses
+// the text, finds every relation, function, setting and statement kind in
+// it, classifies them against a catalog snapshot and the configured rules,
+// and returns the statements' boundaries and classes for the rewriter.
+//
+// The package does no I/O. Everything it knows about the database comes
+// from a Catalog built by the caller.
+package policy
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"sync/atomic"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+)
+
+// maxCachedLen is the longest text whose decision is cached. Longer texts
+// are rare (bulk VALUES lists) and would let a client fill the cache with
+// large keys.
+const maxCachedLen = 16 << 10
+
+// Rules is the configured part of the policy.
+type Rules struct {
+	// TenantSetting is the name of the setting that carries the tenant,
+	// e.g. "app.current_tenant_id" (lowercase).
+	TenantSetting string
+	// Protected lists tables declared protected, "schema.table" (or "table"
+	// for public). A declared table still needs row-level security enabled:
+	// without it, it is unprotected and reported by Findings.
+	Protected []string
+	// Shared maps "schema.table" to whether tenants may write it. Shared
+	// tables hold no tenant rows; every tenant may read them.
+	Shared map[string]bool
+	// AllowFunctions maps user functions "schema.name" that tenants may call
+	// to whether they are trusted; only trusted functions may be SECURITY
+	// DEFINER.
+	AllowFunctions map[string]bool
+}
+
+// Engine decides. It is safe for concurrent use, and immutable after
+// NewEngine except for its decision cache.
+type Engine struct {
+	setting   string
+	cat       *Catalog
+	protected map[string]bool // declared protected, normalised "schema.name"
+	shared    map[string]bool // normalised "schema.name" -> writable
+	allowFn   map[string]bool // normalised "schema.name" -> trusted
+	findings  []string
+
+	cache        *lru.Cache[string, *entry] // nil when caching is disabled
+	hits, misses atomic.Uint64
+}
+
+// entry is a cached analysis: the shared Decision plus what is needed to
+// finish the decision for a given session without allocating.
+type entry struct {
+	d *Decision
+	// ro is the first violation for a read-only session (the earlier of
+	// d.Violation and the first read-only violation).
+	ro *Violation
+	// temps are the names a session must have created as temporary tables,
+	// each with the violation to report if it has not (first use only).
+	temps []tempRef
+}
+
+type tempRef struct {
+	name string
+	v    *Violation
+}
+
+// NewEngine returns an Engine for the rules and catalog. cat must not be
+// modified afterwards. cacheSize is the number of decisions kept; <= 0
+// disables the cache.
+func NewEngine(r Rules, cat *Catalog, cacheSize int) *Engine {
+	if cat == nil {
+		cat = &Catalog{}
+	}
+	e := &Engine{
+		setting:   strings.ToLower(r.TenantSetting),
+		cat:       cat,
+		protected: make(map[string]bool, len(r.Protected)),
+		shared:    make(map[string]bool, len(r.Shared)),
+		allowFn:   make(map[string]bool, len(r.AllowFunctions)),
+	}
+	for _, name := range r.Protected {
+		e.protected[qualify(name)] = true
+	}
+	for name, writable := range r.Shared {
+		e.shared[qualify(name)] = writable
+	}
+	for name, trusted := range r.AllowFunctions {
+		e.allowFn[qualify(name)] = trusted
+	}
+	if cacheSize > 0 {
+		c, err := lru.New[string, *entry](cacheSize)
+		if err != nil { // only for a non-positive size
+			panic(fmt.Sprintf("policy: lru.New(%d): %v", cacheSize, err))
+		}
+		e.cache = c
+	}
+	e.findings = e.computeFindings()
+	return e
+}
+
+// qualify turns a configured name into "schema.name" (public by default).
+func qualify(name string) string {
+	name = strings.TrimSpace(name)
+	if !strings.Contains(name, ".") {
+		return "public." + name
+	}
+	return name
+}
+
+// Check analyses sql (the text of one Query message, or of one Parse
+// message) for session s.
+//
+// The *Decision is cached by text and shared: callers must not modify it.
+// The returned *Violation is nil when the text is allowed; it accounts for
+// the session (read-only, temporary tables). Admin sessions get the
+// Decision (the rewriter needs Stmts) and never a violation.
+//
+// sql is not retained: the cache keeps its own copy, so sql may alias a
+// buffer the caller reuses (and a cache hit does not allocate).
+func (e *Engine) Check(sql string, s *Session) (*Decision, *Violation) {
+	var en *entry
+	if e.cache != nil {
+		en, _ = e.cache.Get(sql)
+	}
+	if en != nil {
+		e.hits.Add(1)
+	} else {
+		e.misses.Add(1)
+		en = e.analyze(sql)
+		if e.cache != nil && len(sql) <= maxCachedLen {
+			e.cache.Add(strings.Clone(sql), en)
+		}
+	}
+	return en.d, en.violation(s)
+}
+
+// violation finishes the decision for a session. It must not allocate: it
+// runs on every cache hit.
+func (en *entry) violation(s *Session) *Violation {
+	if s == nil {
+		s = &noSession
+	}
+	if s.Admin {
+		return nil
+	}
+	v := en.d.Violation
+	if s.ReadOnly {
+		v = en.ro
+	}
+	for i := range en.temps {
+		t := &en.temps[i]
+		if v != nil && v.Stmt <= t.v.Stmt {
+			break // temps are in statement order
+		}
+		if _, ok := s.TempTables[t.name]; !ok {
+			v = t.v
+			break
+		}
+	}
+	return v
+}
+
+// noSession stands in for a nil *Session: a plain tenant session.
+var noSession Session
+
+// Findings lists problems found at NewEngine time, one line each, for the
+// startup log: declared protected tables that are missing or lack row-level
+// security, FORCE or a tenant policy; declared shared tables that do not
+// exist; tables with a tenant column that are not protected.
+func (e *Engine) Findings() []string { return e.findings }
+
+// CacheStats reports decision cache hits, misses and current entries.
+func (e *Engine) CacheStats() (hits, misses uint64, entries int) {
+	if e.cache != nil {
+		entries = e.cache.Len()
+	}
+	return e.hits.Load(), e.misses.Load(), entries
+}
+
+func (e *Engine) computeFindings() []string {
+	var out []string
+	for _, key := range sortedKeys(e.protected) {
+		rel := e.cat.Relations[key]
+		switch {
+		case rel == nil:
+			out = append(out, fmt.Sprintf("declared protected table %q does not exist", key))
+		case !rel.RowSecurity:
+			out = append(out, fmt.Sprintf("declared protected table %q does not have row-level security enabled: treated as unprotected", key))
+		default:
+			if !rel.ForceRowSecurity {
+				out = append(out, fmt.Sprintf("declared protected table %q does not FORCE row-level security: its owner bypasses the policies", key))
+			}
+			if !rel.TenantPolicy {
+				out = append(out, fmt.Sprintf("declared protected table %q has a permissive policy that does not use %s (or none)", key, e.setting))
+			}
+		}
+	}
+	for _, key := range sortedKeys(e.shared) {
+		if e.cat.Relations[key] == nil {
+			out = append(out, fmt.Sprintf("declared shared table %q does not exist", key))
+		}
+	}
+	for _, key := range sortedKeys(e.cat.Relations) {
+		rel := e.cat.Relations[key]
+		if rel.TenantColumn && (rel.Kind == 'r' || rel.Kind == 'p') && !e.isProtected(key, rel) {
+			if _, shared := e.shared[key]; !shared {
+				out = append(out, fmt.Sprintf("table %q has a tenant_id column but is not protected by row-level security: tenants cannot use it", key))
+			}
+		}
+	}
+	return out
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

@@ -1,0 +1,803 @@
+package policy
+
+// This is the only file that imports pg_query: the parser's version is a
+// one-line change here. It turns a parse tree into calls to the name-based
+// rules of relations.go, functions.go and settings.go.
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	pg_query "github.com/pganalyze/pg_query_go/v5"
+	pgparser "github.com/pganalyze/pg_query_go/v5/parser"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protopath"
+	"google.golang.org/protobuf/reflect/protorange"
+	"google.golang.org/protobuf/reflect/protoreflect"
+)
+
+// analyze parses sql and decides it for every kind of session.
+func (e *Engine) analyze(sql string) *entry {
+	tree, err := pg_query.Parse(sql)
+	if err != nil {
+		return parseErrorEntry(sql, err)
+	}
+	d := &Decision{Stmts: make([]Stmt, len(tree.Stmts))}
+	for i, raw := range tree.Stmts {
+		start := int(raw.StmtLocation)
+		end := len(sql)
+		if raw.StmtLen > 0 {
+			end = start + int(raw.StmtLen)
+		}
+		d.Stmts[i] = Stmt{Start: start, End: end, Class: classOf(raw.Stmt)}
+	}
+
+	a := &analysis{e: e, created: map[string]bool{}, tempSeen: map[string]bool{}}
+	for i, raw := range tree.Stmts {
+		a.stmt = i
+		a.checkStmt(raw.Stmt, 0)
+		if a.v == nil {
+			a.walk(raw.Stmt)
+		}
+		if a.v != nil {
+			break // later statements never run
+		}
+		for _, name := range a.pending {
+			if !a.created[name] {
+				a.created[name] = true
+				d.CreatesTemp = append(d.CreatesTemp, name)
+			}
+		}
+		a.pending = a.pending[:0]
+	}
+
+	d.Violation = a.v
+	en := &entry{d: d, ro: a.v, temps: a.temps}
+	if a.ro != nil && (a.v == nil || a.ro.Stmt < a.v.Stmt) {
+		en.ro = a.ro
+	}
+	for _, t := range a.temps {
+		d.TempNames = append(d.TempNames, t.name)
+	}
+	return en
+}
+
+// parseErrorEntry refuses text that does not parse (42601). The Decision
+// has one Stmt covering the whole text, of Unknown class, so that an admin
+// session can still send it and let the server report the error.
+func parseErrorEntry(sql string, err error) *entry {
+	msg, pos := err.Error(), -1
+	var perr *pgparser.Error
+	if errors.As(err, &perr) {
+		msg = perr.Message
+		pos = byteOffset(sql, perr.Cursorpos)
+	}
+	v := &Violation{
+		Reason:   ReasonParseError,
+		Message:  "pgmoat: " + msg,
+		SQLState: "42601",
+		Pos:      pos,
+	}
+	d := &Decision{Stmts: []Stmt{{Start: 0, End: len(sql), Class: Unknown}}, Violation: v}
+	return &entry{d: d, ro: v}
+}
+
+// byteOffset converts the parser's cursor position (a 1-based character
+// index, 0 if unknown) to a byte offset in sql, or -1.
+func byteOffset(sql string, cursor int) int {
+	if cursor <= 0 {
+		return -1
+	}
+	chars := 0
+	for i := range sql {
+		chars++
+		if chars == cursor {
+			return i
+		}
+	}
+	if chars+1 == cursor {
+		return len(sql) // at end of input
+	}
+	return -1
+}
+
+// classOf tells the rewriter how a top-level statement relates to the
+// tenant context (see Class).
+func classOf(n *pg_query.Node) Class {
+	switch s := n.GetNode().(type) {
+	case *pg_query.Node_TransactionStmt:
+		switch s.TransactionStmt.Kind {
+		case pg_query.TransactionStmtKind_TRANS_STMT_BEGIN,
+			pg_query.TransactionStmtKind_TRANS_STMT_START,
+			pg_query.TransactionStmtKind_TRANS_STMT_RELEASE,
+			pg_query.TransactionStmtKind_TRANS_STMT_ROLLBACK_TO,
+			pg_query.TransactionStmtKind_TRANS_STMT_COMMIT_PREPARED,
+			pg_query.TransactionStmtKind_TRANS_STMT_ROLLBACK_PREPARED:
+			return 0
+		case pg_query.TransactionStmtKind_TRANS_STMT_SAVEPOINT:
+			return NeedsTenant
+		case pg_query.TransactionStmtKind_TRANS_STMT_COMMIT,
+			pg_query.TransactionStmtKind_TRANS_STMT_ROLLBACK,
+			pg_query.TransactionStmtKind_TRANS_STMT_PREPARE:
+			return EndsTxn
+		}
+		return Unknown
+	case *pg_query.Node_VariableSetStmt:
+		if s.VariableSetStmt.Kind == pg_query.VariableSetKind_VAR_SET_MULTI && transactionSet[s.VariableSetStmt.Name] {
+			return 0
+		}
+	case *pg_query.Node_DiscardStmt:
+		if s.DiscardStmt.Target == pg_query.DiscardMode_DISCARD_ALL {
+			return EndsTxn
+		}
+	case *pg_query.Node_CallStmt:
+		return NeedsTenant | EndsTxn // a procedure may COMMIT
+	case *pg_query.Node_CopyStmt:
+		if copyFromStdin(s.CopyStmt) {
+			return NeedsTenant | CopyIn
+		}
+	}
+	return NeedsTenant
+}
+
+// transactionSet are the VAR_SET_MULTI names of transaction control.
+var transactionSet = map[string]bool{
+	"TRANSACTION":             true,
+	"SESSION CHARACTERISTICS": true,
+	"TRANSACTION SNAPSHOT":    true,
+}
+
+func copyFromStdin(c *pg_query.CopyStmt) bool {
+	return c.IsFrom && !c.IsProgram && c.Filename == ""
+}
+
+// analysis is the state of deciding one text.
+type analysis struct {
+	e    *Engine
+	stmt int        // index of the statement being analysed
+	v    *Violation // first violation for every tenant session
+	ro   *Violation // first violation that only read-only sessions get
+
+	temps    []tempRef       // names the session must have created, first use each
+	tempSeen map[string]bool // names in temps
+	created  map[string]bool // temporary tables created by earlier statements of the text
+	pending  []string        // temporary tables the current statement creates
+}
+
+// fail records v as the violation of the current statement at pos (a
+// node location, -1 if unknown), unless one was found already.
+func (a *analysis) fail(v *Violation, pos int32) {
+	if a.v != nil {
+		return
+	}
+	v.Stmt = a.stmt
+	v.Pos = int(pos)
+	if pos < 0 {
+		v.Pos = -1
+	}
+	a.v = v
+}
+
+// readOnly records that what (e.g. "INSERT") is refused to read-only
+// sessions.
+func (a *analysis) readOnly(what string, pos int32) {
+	if a.ro != nil {
+		return
+	}
+	v := newViolation(ReasonReadOnly, "", fmt.Sprintf("pgmoat: %s is not allowed in a read-only session", what), "")
+	v.Stmt, v.Pos = a.stmt, max(int(pos), -1)
+	a.ro = v
+}
+
+// needTemp records that name must be a temporary table of the session,
+// with the violation v if it is not. A table created earlier in the same
+// text needs nothing.
+func (a *analysis) needTemp(name string, v *Violation, pos int32) {
+	if a.created[name] || a.tempSeen[name] {
+		return
+	}
+	a.tempSeen[name] = true
+	v.Stmt, v.Pos = a.stmt, max(int(pos), -1)
+	a.temps = append(a.temps, tempRef{name: name, v: v})
+}
+
+func unknownTemp(name string) *Violation {
+	return newViolation(ReasonUnknownRelation, name,
+		fmt.Sprintf("pgmoat: relation %q is not in pgmoat's catalog and is not a temporary table of this session", name),
+		"if it was created after pgmoat started, reload pgmoat")
+}
+
+// checkStmt applies the statement-level rules: which kinds of statement a
+// tenant may run at all, settings, reserved names, temporary tables. The
+// contents (relations, functions) are checked by walk. depth > 0 for a
+// statement inside EXPLAIN, PREPARE, DECLARE, COPY or CREATE TABLE AS.
+func (a *analysis) checkStmt(n *pg_query.Node, depth int) {
+	switch s := n.GetNode().(type) {
+	case *pg_query.Node_SelectStmt, *pg_query.Node_InsertStmt, *pg_query.Node_UpdateStmt,
+		*pg_query.Node_DeleteStmt, *pg_query.Node_MergeStmt:
+		// walk checks them, read-only included (they also hide in CTEs)
+	case *pg_query.Node_VariableShowStmt, *pg_query.Node_DiscardStmt, *pg_query.Node_CallStmt:
+	case *pg_query.Node_TransactionStmt:
+		switch s.TransactionStmt.Kind {
+		case pg_query.TransactionStmtKind_TRANS_STMT_PREPARE,
+			pg_query.TransactionStmtKind_TRANS_STMT_COMMIT_PREPARED,
+			pg_query.TransactionStmtKind_TRANS_STMT_ROLLBACK_PREPARED:
+			a.fail(newViolation(ReasonStatement, "",
+				"pgmoat: two-phase commit is not allowed: prepared transactions outlive the session", ""), -1)
+		}
+	case *pg_query.Node_VariableSetStmt:
+		a.checkSet(s.VariableSetStmt)
+	case *pg_query.Node_ExplainStmt:
+		a.checkStmt(s.ExplainStmt.Query, depth+1)
+	case *pg_query.Node_PrepareStmt:
+		a.reserved("prepared statement", s.PrepareStmt.Name)
+		a.checkStmt(s.PrepareStmt.Query, depth+1)
+	case *pg_query.Node_ExecuteStmt:
+		a.reserved("prepared statement", s.ExecuteStmt.Name)
+	case *pg_query.Node_DeallocateStmt:
+		a.reserved("prepared statement", s.DeallocateStmt.Name)
+	case *pg_query.Node_DeclareCursorStmt:
+		a.reserved("cursor", s.DeclareCursorStmt.Portalname)
+		a.checkStmt(s.DeclareCursorStmt.Query, depth+1)
+	case *pg_query.Node_FetchStmt:
+		a.reserved("cursor", s.FetchStmt.Portalname)
+	case *pg_query.Node_ClosePortalStmt:
+		a.reserved("cursor", s.ClosePortalStmt.Portalname)
+	case *pg_query.Node_CopyStmt:
+		c := s.CopyStmt
+		if c.IsProgram || c.Filename != "" {
+			a.fail(newViolation(ReasonStatement, "",
+				"pgmoat: COPY to or from a file or program is not allowed", "use COPY ... FROM STDIN or TO STDOUT"), -1)
+			return
+		}
+		if c.IsFrom {
+			a.readOnly("COPY FROM", -1)
+		}
+		if c.Query != nil {
+			a.checkStmt(c.Query, depth+1)
+		}
+	case *pg_query.Node_CreateStmt:
+		a.checkCreateTemp(s.CreateStmt)
+	case *pg_query.Node_CreateTableAsStmt:
+		// The target is checked by walk (IntoClause), as for SELECT INTO.
+		if s.CreateTableAsStmt.Objtype != pg_query.ObjectType_OBJECT_TABLE {
+			a.refuse(n)
+			return
+		}
+		a.checkStmt(s.CreateTableAsStmt.Query, depth+1)
+	case *pg_query.Node_DropStmt:
+		a.checkDrop(n, s.DropStmt)
+	case *pg_query.Node_LockStmt:
+		if s.LockStmt.Mode > 1 { // stronger than ACCESS SHARE
+			a.readOnly("LOCK", -1)
+		}
+	case nil:
+		a.fail(newViolation(ReasonStatement, "", "pgmoat: empty statement node", ""), -1)
+	default:
+		a.refuse(n)
+	}
+}
+
+// refuse refuses a kind of statement tenants may not run.
+func (a *analysis) refuse(n *pg_query.Node) {
+	name := nodeName(n)
+	tag := statementTag(name)
+	reason, why := ReasonStatement, ""
+	if isDDL(name) {
+		reason, why = ReasonDDL, " (DDL)"
+	}
+	switch name {
+	case "TruncateStmt":
+		why = ": row-level security does not apply to it"
+	case "DoStmt":
+		why = ": anonymous code blocks can run any SQL"
+	case "ListenStmt", "NotifyStmt", "UnlistenStmt":
+		why = ": channels are shared by all tenants"
+	}
+	a.fail(newViolation(reason, "", fmt.Sprintf("pgmoat: %s is not allowed%s", tag, why), ""), -1)
+}
+
+// nodeName is the protobuf name of the statement in n, e.g. "CreateStmt".
+func nodeName(n *pg_query.Node) string {
+	m := n.ProtoReflect()
+	fd := m.WhichOneof(m.Descriptor().Oneofs().ByName("node"))
+	if fd == nil || fd.Message() == nil {
+		return "unknown"
+	}
+	return string(fd.Message().Name())
+}
+
+func (a *analysis) reserved(what, name string) {
+	if len(name) >= len(reservedPrefix) && strings.EqualFold(name[:len(reservedPrefix)], reservedPrefix) {
+		a.fail(newViolation(ReasonReservedName, name,
+			fmt.Sprintf("pgmoat: %s name %q is reserved for pgmoat", what, name), "choose a name that does not start with pgmoat_"), -1)
+	}
+}
+
+const reservedPrefix = "pgmoat_"
+
+func (a *analysis) checkSet(s *pg_query.VariableSetStmt) {
+	var kind setKind
+	switch s.Kind {
+	case pg_query.VariableSetKind_VAR_SET_VALUE, pg_query.VariableSetKind_VAR_SET_CURRENT:
+		kind = setValue
+	case pg_query.VariableSetKind_VAR_SET_DEFAULT:
+		kind = setDefault
+	case pg_query.VariableSetKind_VAR_RESET:
+		kind = setReset
+	case pg_query.VariableSetKind_VAR_RESET_ALL:
+		kind = setResetAll
+	case pg_query.VariableSetKind_VAR_SET_MULTI:
+		if transactionSet[s.Name] {
+			return
+		}
+		a.fail(newViolation(ReasonSetting, s.Name, fmt.Sprintf("pgmoat: SET %s is not allowed", s.Name), ""), -1)
+		return
+	default:
+		a.fail(newViolation(ReasonSetting, s.Name, "pgmoat: unrecognised SET statement", ""), -1)
+		return
+	}
+	var values []string
+	if s.Kind == pg_query.VariableSetKind_VAR_SET_VALUE {
+		for _, arg := range s.Args {
+			v, ok := constString(arg)
+			if !ok {
+				values = nil
+				break
+			}
+			values = append(values, v)
+		}
+	}
+	if v := a.e.checkSetting(kind, s.Name, values); v != nil {
+		a.fail(v, -1)
+	}
+}
+
+// constString returns the text of a literal constant.
+func constString(n *pg_query.Node) (string, bool) {
+	c := n.GetAConst()
+	if c == nil || c.Isnull {
+		return "", false
+	}
+	switch v := c.Val.(type) {
+	case *pg_query.A_Const_Sval:
+		return v.Sval.GetSval(), true
+	case *pg_query.A_Const_Ival:
+		return strconv.Itoa(int(v.Ival.GetIval())), true
+	case *pg_query.A_Const_Fval:
+		return v.Fval.GetFval(), true
+	case *pg_query.A_Const_Boolval:
+		return strconv.FormatBool(v.Boolval.GetBoolval()), true
+	}
+	return "", false
+}
+
+// isTempTarget reports whether a table being created is temporary.
+func isTempTarget(rel *pg_query.RangeVar) bool {
+	switch rel.GetSchemaname() {
+	case "":
+		return rel.GetRelpersistence() == "t"
+	case "pg_temp":
+		return true
+	}
+	return false
+}
+
+// checkCreateTemp allows plain CREATE TEMPORARY TABLE: temporary tables
+// are private to the server session. Partitioning and inheritance would tie
+// it to other tables. Its expressions are checked by walk.
+func (a *analysis) checkCreateTemp(s *pg_query.CreateStmt) {
+	if s.Relation == nil || !isTempTarget(s.Relation) {
+		a.fail(newViolation(ReasonDDL, "", "pgmoat: CREATE TABLE is not allowed (DDL); only CREATE TEMPORARY TABLE is", ""), -1)
+		return
+	}
+	if len(s.InhRelations) > 0 || s.Partbound != nil || s.Partspec != nil {
+		a.fail(newViolation(ReasonDDL, s.Relation.Relname,
+			"pgmoat: a temporary table may not be partitioned or inherit from another table", ""), s.Relation.Location)
+		return
+	}
+	a.readOnly("CREATE TEMPORARY TABLE", s.Relation.Location)
+	a.pending = append(a.pending, s.Relation.Relname)
+}
+
+// checkDrop allows DROP TABLE of the session's temporary tables only.
+func (a *analysis) checkDrop(n *pg_query.Node, s *pg_query.DropStmt) {
+	if s.RemoveType != pg_query.ObjectType_OBJECT_TABLE || s.Concurrent {
+		a.refuse(n)
+		return
+	}
+	for _, obj := range s.Objects {
+		parts, ok := stringList(obj.GetList().GetItems())
+		var name string
+		switch {
+		case ok && len(parts) == 1:
+			name = parts[0]
+		case ok && len(parts) == 2 && parts[0] == "pg_temp":
+			name = parts[1]
+		default:
+			a.fail(newViolation(ReasonDDL, strings.Join(parts, "."),
+				"pgmoat: DROP TABLE is allowed only for temporary tables of this session", ""), -1)
+			return
+		}
+		a.needTemp(name, newViolation(ReasonDDL, name,
+			fmt.Sprintf("pgmoat: DROP TABLE %q is not allowed: it is not a temporary table of this session", name), ""), -1)
+	}
+}
+
+// stringList returns the values of a list of String nodes.
+func stringList(items []*pg_query.Node) ([]string, bool) {
+	out := make([]string, 0, len(items))
+	for _, it := range items {
+		s := it.GetString_()
+		if s == nil {
+			return out, false
+		}
+		out = append(out, s.Sval)
+	}
+	return out, len(out) > 0
+}
+
+// walk checks everything inside a statement: every relation, function
+// call, operator, SELECT INTO target and data-modifying node, wherever it
+// hides (subqueries, CTEs, defaults, EXPLAIN, PREPARE, ...). The tree is
+// only read.
+func (a *analysis) walk(n *pg_query.Node) {
+	opts := protorange.Options{Stable: true} // deterministic first violation
+	_ = opts.Range(n.ProtoReflect(), func(p protopath.Values) error {
+		m, ok := messageAt(p, len(p.Values)-1)
+		if !ok {
+			return nil
+		}
+		switch x := m.Interface().(type) {
+		case *pg_query.RangeVar:
+			a.rangeVar(x, p)
+		case *pg_query.FuncCall:
+			a.funcCall(x)
+		case *pg_query.A_Expr:
+			a.operator(x.Name, x.Location)
+		case *pg_query.SortBy:
+			a.operator(x.UseOp, x.Location)
+		case *pg_query.IntoClause:
+			a.into(x)
+		case *pg_query.SelectStmt:
+			if len(x.LockingClause) > 0 {
+				a.readOnly("SELECT FOR UPDATE/SHARE", -1)
+			}
+		case *pg_query.InsertStmt:
+			a.readOnly("INSERT", x.GetRelation().GetLocation())
+		case *pg_query.UpdateStmt:
+			a.readOnly("UPDATE", x.GetRelation().GetLocation())
+		case *pg_query.DeleteStmt:
+			a.readOnly("DELETE", x.GetRelation().GetLocation())
+		case *pg_query.MergeStmt:
+			a.readOnly("MERGE", x.GetRelation().GetLocation())
+		}
+		if a.v != nil {
+			return protorange.Terminate
+		}
+		return nil
+	}, nil)
+}
+
+// messageAt returns the i-th value of p if it is a message.
+func messageAt(p protopath.Values, i int) (protoreflect.Message, bool) {
+	step := p.Path[i]
+	switch step.Kind() {
+	case protopath.RootStep:
+	case protopath.FieldAccessStep:
+		fd := step.FieldDescriptor()
+		if fd.Message() == nil || fd.IsList() || fd.IsMap() {
+			return nil, false
+		}
+	case protopath.ListIndexStep:
+		if i == 0 || p.Path[i-1].Kind() != protopath.FieldAccessStep || p.Path[i-1].FieldDescriptor().Message() == nil {
+			return nil, false
+		}
+	default:
+		return nil, false
+	}
+	return p.Values[i].Message(), true
+}
+
+// frame is one ancestor of a node (Node wrappers left out) and how the path
+// goes on from it: through field, at list index (or -1).
+type frame struct {
+	msg   proto.Message
+	field protoreflect.Name
+	index int
+}
+
+// framesOf returns the ancestors of the last value of p, outermost first,
+// ending with the value itself.
+func framesOf(p protopath.Values) []frame {
+	var fs []frame
+	for i := range p.Values {
+		m, ok := messageAt(p, i)
+		if !ok {
+			continue
+		}
+		if _, isNode := m.Interface().(*pg_query.Node); isNode {
+			continue
+		}
+		f := frame{msg: m.Interface(), index: -1}
+		if i+1 < len(p.Path) && p.Path[i+1].Kind() == protopath.FieldAccessStep {
+			f.field = p.Path[i+1].FieldDescriptor().Name()
+			if i+2 < len(p.Path) && p.Path[i+2].Kind() == protopath.ListIndexStep {
+				f.index = p.Path[i+2].ListIndex()
+			}
+		}
+		fs = append(fs, f)
+	}
+	return fs
+}
+
+// withClauseOf returns the WITH clause of a statement frame.
+func withClauseOf(m proto.Message) *pg_query.WithClause {
+	switch s := m.(type) {
+	case *pg_query.SelectStmt:
+		return s.WithClause
+	case *pg_query.InsertStmt:
+		return s.WithClause
+	case *pg_query.UpdateStmt:
+		return s.WithClause
+	case *pg_query.DeleteStmt:
+		return s.WithClause
+	case *pg_query.MergeStmt:
+		return s.WithClause
+	}
+	return nil
+}
+
+// isCTE reports whether an unqualified name used at the end of fs refers to
+// a WITH query of an enclosing statement. Inside a non-recursive WITH list
+// only earlier entries are visible; inside WITH RECURSIVE all are.
+func isCTE(name string, fs []frame) bool {
+	for i := len(fs) - 2; i >= 0; i-- {
+		wc := withClauseOf(fs[i].msg)
+		if wc == nil {
+			continue
+		}
+		visible := len(wc.Ctes)
+		if fs[i].field == "with_clause" && !wc.Recursive && i+1 < len(fs) {
+			visible = fs[i+1].index // position within the WITH list
+			if visible < 0 {
+				visible = 0
+			}
+		}
+		for _, c := range wc.Ctes[:min(visible, len(wc.Ctes))] {
+			if c.GetCommonTableExpr().GetCtename() == name {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// lockedByClause reports whether a relation at the end of fs is locked by
+// a SELECT ... FOR UPDATE/SHARE: it is in the FROM clause of such a SELECT,
+// directly or through joins and subqueries in FROM.
+func lockedByClause(fs []frame) bool {
+	for i := len(fs) - 2; i >= 0; i-- {
+		switch m := fs[i].msg.(type) {
+		case *pg_query.SelectStmt:
+			if fs[i].field != "from_clause" {
+				return false
+			}
+			if len(m.LockingClause) > 0 {
+				return true
+			}
+		case *pg_query.JoinExpr:
+			if fs[i].field != "larg" && fs[i].field != "rarg" {
+				return false
+			}
+		case *pg_query.RangeSubselect:
+			if fs[i].field != "subquery" {
+				return false
+			}
+		default:
+			return false
+		}
+	}
+	return false
+}
+
+// rangeVar checks one relation reference.
+func (a *analysis) rangeVar(rv *pg_query.RangeVar, p protopath.Values) {
+	fs := framesOf(p)
+	acc, target := accessRead, false
+	if len(fs) >= 2 {
+		parent := fs[len(fs)-2]
+		switch pm := parent.msg.(type) {
+		case *pg_query.IntoClause:
+			return // a table being created: see into
+		case *pg_query.CreateStmt:
+			if parent.field == "relation" {
+				return // see checkCreateTemp
+			}
+		case *pg_query.LockingClause:
+			return // FOR UPDATE OF names FROM items, not relations
+		case *pg_query.InsertStmt, *pg_query.UpdateStmt, *pg_query.DeleteStmt, *pg_query.MergeStmt:
+			if parent.field == "relation" {
+				acc, target = accessWrite, true
+			}
+		case *pg_query.CopyStmt:
+			if pm.IsFrom {
+				acc = accessWrite
+			}
+		case *pg_query.LockStmt:
+			acc = accessLock
+		}
+	}
+	if acc == accessRead && lockedByClause(fs) {
+		acc = accessWrite
+	}
+
+	name := rv.Relname
+	switch rv.Schemaname {
+	case "":
+		// The target of INSERT/UPDATE/DELETE/MERGE is never a WITH query.
+		if !target && isCTE(name, fs) {
+			return
+		}
+		key, rel, ok := a.e.resolveRelation(name)
+		if !ok {
+			a.needTemp(name, unknownTemp(name), rv.Location)
+			return
+		}
+		if v := a.e.checkRelation(key, rel, acc); v != nil {
+			a.fail(v, rv.Location)
+		}
+	case "pg_temp":
+		a.needTemp(name, unknownTemp("pg_temp."+name), rv.Location)
+	default:
+		key := rv.Schemaname + "." + name
+		if v := a.e.checkRelation(key, a.e.cat.Relations[key], acc); v != nil {
+			a.fail(v, rv.Location)
+		}
+	}
+}
+
+// funcCall checks one function call.
+func (a *analysis) funcCall(fc *pg_query.FuncCall) {
+	parts, ok := stringList(fc.Funcname)
+	if !ok {
+		a.fail(newViolation(ReasonFunction, "", "pgmoat: function name not understood", ""), fc.Location)
+		return
+	}
+	schema, name := "", parts[len(parts)-1]
+	if len(parts) > 1 {
+		schema = parts[len(parts)-2]
+	}
+	key, v := a.e.checkFunction(schema, name)
+	if v != nil {
+		a.fail(v, fc.Location)
+		return
+	}
+	switch key {
+	case "pg_catalog.nextval":
+		a.readOnly("nextval", fc.Location)
+		a.sequenceArg(key, fc)
+	case "pg_catalog.currval":
+		a.sequenceArg(key, fc)
+	}
+}
+
+// sequenceArg checks the sequence named by the argument of nextval or
+// currval: a constant naming a sequence owned by a protected table.
+func (a *analysis) sequenceArg(fn string, fc *pg_query.FuncCall) {
+	var lit string
+	ok := len(fc.Args) == 1
+	if ok {
+		arg := fc.Args[0]
+		if tc := arg.GetTypeCast(); tc != nil {
+			names, _ := stringList(tc.GetTypeName().GetNames())
+			ok = len(names) > 0 && names[len(names)-1] == "regclass"
+			arg = tc.Arg
+		}
+		if ok {
+			lit, ok = constString(arg)
+		}
+	}
+	var parts []string
+	if ok {
+		parts, ok = parseQualifiedName(lit)
+	}
+	if !ok {
+		a.fail(newViolation(ReasonFunction, fn,
+			fmt.Sprintf("pgmoat: %s needs a constant sequence name", fn), ""), fc.Location)
+		return
+	}
+	var key string
+	var rel *Relation
+	switch len(parts) {
+	case 1:
+		if key, rel, ok = a.e.resolveRelation(parts[0]); !ok {
+			key = parts[0]
+		}
+	default:
+		key = parts[len(parts)-2] + "." + parts[len(parts)-1]
+		rel = a.e.cat.Relations[key]
+	}
+	if v := a.e.checkRelation(key, rel, accessRead); v != nil {
+		a.fail(v, fc.Location)
+	}
+}
+
+// parseQualifiedName splits a name given as text ('public."Foo"') the way
+// regclass input does: dots separate parts, double quotes keep case and
+// dots, unquoted parts fold to lower case.
+func parseQualifiedName(s string) ([]string, bool) {
+	var parts []string
+	var cur strings.Builder
+	quoted, wasQuoted := false, false
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case quoted && c == '"' && i+1 < len(s) && s[i+1] == '"':
+			cur.WriteByte('"')
+			i++
+		case c == '"':
+			quoted = !quoted
+			wasQuoted = true
+		case quoted:
+			cur.WriteByte(c)
+		case c == '.':
+			if cur.Len() == 0 && !wasQuoted {
+				return nil, false
+			}
+			parts = append(parts, cur.String())
+			cur.Reset()
+			wasQuoted = false
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r':
+			// PostgreSQL allows whitespace around parts.
+		default:
+			if c < utf8.RuneSelf && 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			cur.WriteByte(c)
+		}
+	}
+	if quoted || (cur.Len() == 0 && !wasQuoted) {
+		return nil, false
+	}
+	parts = append(parts, cur.String())
+	if len(parts) > 3 {
+		return nil, false
+	}
+	return parts, true
+}
+
+// operator refuses operators qualified with a schema other than
+// pg_catalog (OPERATOR(myschema.+)): a user operator runs a user function.
+func (a *analysis) operator(name []*pg_query.Node, pos int32) {
+	if len(name) < 2 {
+		return
+	}
+	parts, ok := stringList(name)
+	if ok && parts[len(parts)-2] == pgCatalog {
+		return
+	}
+	a.fail(newViolation(ReasonFunction, strings.Join(parts, "."),
+		fmt.Sprintf("pgmoat: operator %q is not allowed: only pg_catalog operators may be named with a schema", strings.Join(parts, ".")), ""), pos)
+}
+
+// into checks the target of SELECT INTO / CREATE TABLE AS: temporary only.
+func (a *analysis) into(ic *pg_query.IntoClause) {
+	if ic.Rel == nil || !isTempTarget(ic.Rel) || ic.ViewQuery != nil {
+		a.fail(newViolation(ReasonDDL, ic.GetRel().GetRelname(),
+			"pgmoat: creating a table is not allowed (DDL); only temporary tables may be created", ""), ic.GetRel().GetLocation())
+		return
+	}
+	a.readOnly("CREATE TEMPORARY TABLE", ic.Rel.Location)
+	a.pending = append(a.pending, ic.Rel.Relname)
+}
+
+// parses reports whether sql parses; for tests that must not depend on the
+// analysis to know it.
+func parses(sql string) bool {
+	_, err := pg_query.Parse(sql)
+	return err == nil
+}
