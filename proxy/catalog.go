@@ -1,0 +1,162 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgmoat/pgmoat/policy"
+)
+
+// The catalog queries run as pgmoat's upstream role, so that "applies to
+// pgmoat's role" and the search path are what tenant sessions will see.
+const (
+	searchPathQuery = `SELECT s FROM pg_catalog.unnest(pg_catalog.current_schemas(true)) AS s`
+
+	// A relation's TenantPolicy: some permissive policy applies to the
+	// current role, and every permissive policy that does mentions the
+	// tenant setting ($1) in USING or WITH CHECK.
+	relationsQuery = `
+WITH pol AS (
+  SELECT p.polrelid,
+         pg_catalog.strpos(pg_catalog.lower(
+           coalesce(pg_catalog.pg_get_expr(p.polqual, p.polrelid), '') || ' ' ||
+           coalesce(pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid), '')), $1) > 0 AS tenant
+  FROM pg_catalog.pg_policy p
+  WHERE p.polpermissive
+    AND (0 = ANY (p.polroles) OR EXISTS (
+      SELECT 1 FROM pg_catalog.unnest(p.polroles) AS r(oid)
+      WHERE pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER')))
+)
+SELECT n.nspname, c.relname, c.relkind::text, c.relrowsecurity, c.relforcerowsecurity,
+       coalesce((SELECT pg_catalog.bool_and(pol.tenant) FROM pol WHERE pol.polrelid = c.oid), false),
+       EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+               WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped),
+       coalesce(pg_catalog.lower((SELECT o.option_value FROM pg_catalog.pg_options_to_table(c.reloptions) o
+               WHERE o.option_name = 'security_invoker')) IN ('true', 'on', 'yes', '1'), false)
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+  AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)'`
+
+	// What views and materialized views read and call, from their rewrite
+	// rules' dependencies.
+	viewDepsQuery = `
+SELECT DISTINCT vn.nspname || '.' || v.relname, dn.nspname || '.' || d.relname, 'r'
+FROM pg_catalog.pg_rewrite rw
+JOIN pg_catalog.pg_class v ON v.oid = rw.ev_class
+JOIN pg_catalog.pg_namespace vn ON vn.oid = v.relnamespace
+JOIN pg_catalog.pg_depend dep ON dep.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+  AND dep.objid = rw.oid AND dep.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND dep.refobjid <> v.oid
+JOIN pg_catalog.pg_class d ON d.oid = dep.refobjid
+JOIN pg_catalog.pg_namespace dn ON dn.oid = d.relnamespace
+WHERE v.relkind IN ('v', 'm') AND vn.nspname NOT IN ('pg_catalog', 'information_schema')
+UNION
+SELECT DISTINCT vn.nspname || '.' || v.relname, pn.nspname || '.' || p.proname, 'f'
+FROM pg_catalog.pg_rewrite rw
+JOIN pg_catalog.pg_class v ON v.oid = rw.ev_class
+JOIN pg_catalog.pg_namespace vn ON vn.oid = v.relnamespace
+JOIN pg_catalog.pg_depend dep ON dep.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+  AND dep.objid = rw.oid AND dep.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+JOIN pg_catalog.pg_proc p ON p.oid = dep.refobjid
+JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
+WHERE v.relkind IN ('v', 'm') AND vn.nspname NOT IN ('pg_catalog', 'information_schema')`
+
+	// Sequences owned by a table column (serial, identity).
+	sequenceOwnersQuery = `
+SELECT sn.nspname || '.' || s.relname, tn.nspname || '.' || t.relname
+FROM pg_catalog.pg_depend d
+JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+JOIN pg_catalog.pg_namespace sn ON sn.oid = s.relnamespace
+JOIN pg_catalog.pg_class t ON t.oid = d.refobjid
+JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace
+WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+  AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+  AND d.deptype IN ('a', 'i')`
+
+	functionsQuery = `
+SELECT n.nspname, p.proname, pg_catalog.bool_or(p.prosecdef), pg_catalog.min(p.prokind::text)
+FROM pg_catalog.pg_proc p
+JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+GROUP BY n.nspname, p.proname`
+)
+
+// LoadCatalog reads the snapshot of the database the policy decides
+// against. conn must be authenticated as pgmoat's upstream role.
+func LoadCatalog(ctx context.Context, conn *pgconn.PgConn, tenantSetting string) (*policy.Catalog, error) {
+	cat := &policy.Catalog{
+		Relations: map[string]*policy.Relation{},
+		Functions: map[string]*policy.Function{},
+	}
+	err := query(ctx, conn, searchPathQuery, nil, func(row [][]byte) {
+		cat.SearchPath = append(cat.SearchPath, string(row[0]))
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load search path: %w", err)
+	}
+	err = query(ctx, conn, relationsQuery, [][]byte{[]byte(strings.ToLower(tenantSetting))}, func(row [][]byte) {
+		r := &policy.Relation{
+			Schema:           string(row[0]),
+			Name:             string(row[1]),
+			Kind:             row[2][0],
+			RowSecurity:      isTrue(row[3]),
+			ForceRowSecurity: isTrue(row[4]),
+			TenantPolicy:     isTrue(row[5]),
+			TenantColumn:     isTrue(row[6]),
+			SecurityInvoker:  isTrue(row[7]),
+		}
+		cat.Relations[r.Key()] = r
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load relations: %w", err)
+	}
+	err = query(ctx, conn, viewDepsQuery, nil, func(row [][]byte) {
+		v := cat.Relations[string(row[0])]
+		if v == nil {
+			return
+		}
+		if row[2][0] == 'f' {
+			v.Functions = append(v.Functions, string(row[1]))
+		} else {
+			v.DependsOn = append(v.DependsOn, string(row[1]))
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load view dependencies: %w", err)
+	}
+	err = query(ctx, conn, sequenceOwnersQuery, nil, func(row [][]byte) {
+		if s := cat.Relations[string(row[0])]; s != nil {
+			s.OwnedBy = string(row[1])
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load sequence owners: %w", err)
+	}
+	err = query(ctx, conn, functionsQuery, nil, func(row [][]byte) {
+		f := &policy.Function{
+			Schema:          string(row[0]),
+			Name:            string(row[1]),
+			SecurityDefiner: isTrue(row[2]),
+			Kind:            row[3][0],
+		}
+		cat.Functions[f.Key()] = f
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load functions: %w", err)
+	}
+	return cat, nil
+}
+
+// query runs sql with text parameters and calls row for each result row.
+func query(ctx context.Context, conn *pgconn.PgConn, sql string, args [][]byte, row func([][]byte)) error {
+	rr := conn.ExecParams(ctx, sql, args, nil, nil, nil)
+	for rr.NextRow() {
+		row(rr.Values())
+	}
+	_, err := rr.Close()
+	return err
+}
+
+func isTrue(b []byte) bool { return len(b) == 1 && b[0] == 't' }

@@ -1,0 +1,119 @@
+// Package proxy is pgmoat's network side: the listener, client sessions
+// (startup, authentication, upstream connection, relay), cancel requests,
+// metrics and the HTTP endpoints. It never inspects SQL itself: it asks
+// package policy for decisions and package rewrite what to send.
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pgmoat/pgmoat/config"
+	"github.com/pgmoat/pgmoat/policy"
+)
+
+// Options wires a Server. Every field is required.
+type Options struct {
+	Config    *config.Config
+	Logger    *slog.Logger
+	Audit     *slog.Logger // one JSON line per blocked, audited or admin statement and per auth failure
+	Metrics   *Metrics
+	Auth      Authenticator
+	Connector Connector
+	Engine    func() *policy.Engine // the current policy (swapped on catalog refresh)
+	Database  string                // the only database name clients may ask for
+}
+
+// Server accepts client connections and runs a session for each.
+type Server struct {
+	opts    Options
+	cancels *cancelKeys
+	wg      sync.WaitGroup
+	active  atomic.Int64
+}
+
+func NewServer(o Options) *Server {
+	return &Server{opts: o, cancels: newCancelKeys()}
+}
+
+// Serve accepts connections on ln until ctx is cancelled. Then it stops
+// accepting, lets each session finish its transaction up to
+// limits.shutdown_timeout, closes the rest, and returns.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	var delay time.Duration
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, errTooManyFiles) {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				s.opts.Logger.Warn("accept", "err", err, "retry_in", delay)
+				time.Sleep(delay)
+				continue
+			}
+			return err
+		}
+		delay = 0
+		s.wg.Add(1)
+		go s.handle(ctx, conn)
+	}
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(s.opts.Config.Limits.ShutdownTimeout + time.Second):
+		s.opts.Logger.Warn("sessions still open after the shutdown deadline")
+	}
+	return nil
+}
+
+var errTooManyFiles = errors.New("too many open files")
+
+// handle runs one session and accounts for it.
+func (s *Server) handle(ctx context.Context, conn net.Conn) {
+	defer s.wg.Done()
+	defer conn.Close()
+	m := s.opts.Metrics
+	m.ClientConnected()
+	c := &session{
+		srv:  s,
+		conn: conn,
+		log:  s.opts.Logger.With("client", conn.RemoteAddr().String()),
+		cr:   newMsgReader(conn, s.opts.Config.Limits.MaxMessageSize),
+		cw:   newMsgWriter(conn),
+	}
+	var err error
+	if n := s.active.Add(1); n > int64(s.opts.Config.Limits.MaxClientConnections) {
+		err = c.refuse(&clientError{code: "53300", message: "sorry, too many clients already", result: ResultRefused})
+	} else {
+		err = c.run(ctx)
+	}
+	s.active.Add(-1)
+	result := resultOf(err)
+	m.ClientDisconnected(result)
+	if err != nil && result != ResultOK && result != ResultAuthFailed {
+		c.log.Warn("session ended", "result", result, "err", err)
+	} else {
+		c.log.Debug("session ended", "result", result)
+	}
+}
+
+// randomMarker identifies a session's own failing statement: a client cannot
+// forge the error it produces without knowing it.
+func randomMarker() string {
+	var b [12]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}

@@ -1,0 +1,416 @@
+package proxy
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/pgmoat/pgmoat/policy"
+	"github.com/pgmoat/pgmoat/rewrite"
+)
+
+// session is one client connection, from startup to close. Its life reads
+// top to bottom in run: startup → authenticate → connect upstream → ready →
+// relay.
+type session struct {
+	srv  *Server
+	conn net.Conn
+	log  *slog.Logger
+
+	cr  *msgReader
+	cwu sync.Mutex // guards cw: the server relay and shutdown both write to the client
+	cw  *msgWriter
+
+	id     Identity
+	server *ServerConn
+	sr     *msgReader
+	sw     *msgWriter
+
+	rw        *rewrite.Session // nil for admin sessions: they bypass the policy
+	pol       policy.Session
+	cancelKey [2]uint32 // the BackendKeyData pgmoat gave the client
+}
+
+// Send and Flush and Next make session an authConn for the authenticator.
+func (c *session) Send(msg interface{ Encode([]byte) ([]byte, error) }) error {
+	return c.cw.Send(msg)
+}
+func (c *session) Flush() error                            { return c.cw.Flush() }
+func (c *session) Next() (typ byte, msg []byte, err error) { return c.cr.Next() }
+
+// run serves the session and returns why it ended (nil for a clean close).
+func (c *session) run(ctx context.Context) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("panic in session: %v\n%s", r, debug.Stack())
+		}
+	}()
+	o := c.srv.opts
+	c.conn.SetDeadline(time.Now().Add(o.Config.Limits.AuthTimeout))
+	st, err := c.startup()
+	if err != nil || st == nil { // st == nil: a cancel request, handled
+		return c.refuse(err)
+	}
+	if st.database != "" && st.database != o.Database {
+		return c.refuse(&clientError{code: "3D000", message: fmt.Sprintf("database %q does not exist", st.database), result: ResultRefused})
+	}
+	c.id, err = o.Auth.Authenticate(c, st.user)
+	if err != nil {
+		var ae *AuthError
+		if errors.As(err, &ae) {
+			o.Metrics.AuthFailed(ae.Reason)
+			o.Audit.Warn("authentication failed", "user", st.user, "client", c.conn.RemoteAddr().String(), "reason", ae.Reason)
+			return c.refuseAuth(ae)
+		}
+		return c.refuse(err)
+	}
+	c.log = c.log.With("user", c.id.User, "tenant", c.id.Tenant)
+
+	c.server, err = o.Connector.Connect(ctx, st.params)
+	if err != nil {
+		o.Metrics.UpstreamConnectFailed()
+		return c.refuse(&clientError{code: "08006", message: "pgmoat: could not connect to the database server", result: ResultUpstreamError, cause: err})
+	}
+	o.Metrics.UpstreamConnected()
+	defer func() {
+		c.server.Close()
+		o.Metrics.UpstreamDisconnected()
+	}()
+	c.sr = newMsgReader(c.server, o.Config.Limits.MaxMessageSize)
+	c.sw = newMsgWriter(c.server)
+	c.conn.SetDeadline(time.Time{})
+
+	if !c.id.Admin {
+		c.pol = policy.Session{Tenant: c.id.Tenant, User: c.id.User, ReadOnly: c.id.ReadOnly}
+		c.rw = rewrite.NewSession(rewrite.Config{
+			Setting:  o.Config.Policy.TenantSetting,
+			Tenant:   c.id.Tenant,
+			Marker:   randomMarker(),
+			OnInject: o.Metrics.Injected,
+		})
+	} else {
+		c.pol = policy.Session{User: c.id.User, Admin: true}
+	}
+	if err := c.ready(st); err != nil {
+		return err
+	}
+	defer c.srv.cancels.remove(c.cancelKey[0], c.cancelKey[1])
+	return c.relay(ctx)
+}
+
+// startup reads startup packets until a StartupMessage. SSL and GSS
+// encryption requests are declined ('N'); a CancelRequest is served and
+// returns nil, nil.
+func (c *session) startup() (*startup, error) {
+	for {
+		body, err := c.cr.NextStartup()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil, nil // a port probe
+			}
+			return nil, protocolViolation("invalid startup packet: %v", err)
+		}
+		switch code := binary.BigEndian.Uint32(body); code {
+		case sslRequestCode, gssEncRequestCode:
+			if c.cr.Buffered() > 0 {
+				// Bytes sent before the answer could be injected by a
+				// man in the middle (CVE-2021-23214): refuse them.
+				return nil, protocolViolation("received unencrypted data after SSL request")
+			}
+			if _, err := c.conn.Write([]byte{'N'}); err != nil {
+				return nil, err
+			}
+		case cancelRequestCode:
+			c.cancel(body)
+			return nil, nil
+		default:
+			return parseStartup(body)
+		}
+	}
+}
+
+// cancel forwards a CancelRequest whose key pgmoat handed out.
+func (c *session) cancel(body []byte) {
+	var req pgproto3.CancelRequest
+	// Decode expects the request code too; body starts with it.
+	if err := req.Decode(body); err != nil {
+		return
+	}
+	t, ok := c.srv.cancels.lookup(req.ProcessID, req.SecretKey)
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := t.Cancel(ctx); err != nil {
+		c.log.Warn("forward cancel request", "err", err)
+	}
+}
+
+// ready tells the client the session is open: the server's parameters,
+// pgmoat's own cancel key, ReadyForQuery.
+func (c *session) ready(st *startup) error {
+	if st.minor > 0 || len(st.unrecognized) > 0 {
+		if err := c.cw.Send(&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: st.unrecognized}); err != nil {
+			return err
+		}
+	}
+	for k, v := range c.server.Params {
+		if err := c.cw.Send(&pgproto3.ParameterStatus{Name: k, Value: v}); err != nil {
+			return err
+		}
+	}
+	pid, key := c.srv.cancels.add(c.server.cancel)
+	c.cancelKey = [2]uint32{pid, key}
+	if err := c.cw.Send(&pgproto3.BackendKeyData{ProcessID: pid, SecretKey: binary.BigEndian.AppendUint32(nil, key)}); err != nil {
+		return err
+	}
+	if err := c.cw.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'}); err != nil {
+		return err
+	}
+	return c.cw.Flush()
+}
+
+// refuse sends err as a FATAL error and returns it.
+func (c *session) refuse(err error) error {
+	if err == nil {
+		return nil
+	}
+	c.cwu.Lock()
+	defer c.cwu.Unlock()
+	if c.cw.Send(fatal(err)) == nil {
+		c.cw.Flush()
+	}
+	return err
+}
+
+func (c *session) refuseAuth(ae *AuthError) error {
+	return c.refuse(&clientError{code: ae.SQLState, message: ae.Message, result: ResultAuthFailed, cause: ae})
+}
+
+// relay runs one goroutine per direction; the first error ends both.
+func (c *session) relay(ctx context.Context) error {
+	errc := make(chan error, 2)
+	go func() { errc <- c.clientToServer() }()
+	go func() { errc <- c.serverToClient() }()
+	stop := context.AfterFunc(ctx, c.shutdown)
+	defer stop()
+	err := <-errc
+	// Unblock the other direction.
+	c.server.Close()
+	c.conn.SetReadDeadline(time.Now())
+	<-errc
+	switch {
+	case errors.Is(err, errClientClosed):
+		return nil
+	case errors.Is(err, errShutdown):
+		return c.refuse(&clientError{code: "57P01", message: "terminating connection due to administrator command", result: ResultOK})
+	case errors.Is(err, errServerClosed):
+		return c.refuse(&clientError{code: "08006", message: "pgmoat: the database server closed the connection", result: ResultUpstreamError, cause: err})
+	}
+	return c.refuse(err)
+}
+
+var (
+	errClientClosed = errors.New("client closed the connection")
+	errServerClosed = errors.New("server closed the connection")
+	errShutdown     = errors.New("pgmoat is shutting down")
+)
+
+// clientToServer reads client messages, applies the policy and the tenant
+// rewrite, and writes upstream; it flushes when the client has nothing more
+// buffered, so a pipeline goes upstream in one write.
+func (c *session) clientToServer() error {
+	for {
+		typ, msg, err := c.cr.Next()
+		if err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+				return errClientClosed
+			}
+			if isFramingError(err) {
+				return protocolViolation("pgmoat: %v", err)
+			}
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				return errShutdown
+			}
+			return fmt.Errorf("read client: %w", err)
+		}
+		if typ == 'X' { // Terminate
+			c.sw.Raw(msg)
+			c.sw.Flush()
+			return errClientClosed
+		}
+		if err := c.handleClient(typ, msg); err != nil {
+			return err
+		}
+		if c.cr.Buffered() == 0 {
+			if err := c.sw.Flush(); err != nil {
+				return fmt.Errorf("%w: %v", errServerClosed, err)
+			}
+			c.cr.shrink()
+		}
+	}
+}
+
+func (c *session) handleClient(typ byte, msg []byte) error {
+	if c.rw == nil { // admin: audited passthrough
+		c.auditAdmin(typ, msg)
+		c.sw.Raw(msg)
+		return nil
+	}
+	switch typ {
+	case 'Q':
+		text, err := rewrite.QueryText(msg)
+		if err != nil {
+			return protocolViolation("invalid Query message")
+		}
+		sql := string(text)
+		d, v := c.check(sql)
+		c.sw.buf = c.rw.Query(c.sw.buf, msg, sql, d, v)
+	case 'P':
+		name, text, err := rewrite.ParseFields(msg)
+		if err != nil {
+			return protocolViolation("invalid Parse message")
+		}
+		sql := string(text)
+		d, v := c.check(sql)
+		c.sw.buf = c.rw.Parse(c.sw.buf, msg, string(name), d, v)
+	case 'F':
+		v := &policy.Violation{
+			Reason:   policy.ReasonFunction,
+			Message:  "pgmoat: the FunctionCall protocol message is not allowed: call functions with SQL",
+			SQLState: "42501",
+			Pos:      -1,
+		}
+		c.sw.buf = c.rw.FunctionCall(c.sw.buf, msg, c.enforce(v, "<FunctionCall>"))
+	default:
+		var err error
+		if c.sw.buf, err = c.rw.Message(c.sw.buf, msg); err != nil {
+			return protocolViolation("invalid %q message: %v", typ, err)
+		}
+	}
+	return nil
+}
+
+// check asks the policy about sql and returns the violation to enforce.
+func (c *session) check(sql string) (*policy.Decision, *policy.Violation) {
+	o := c.srv.opts
+	start := time.Now()
+	d, v := o.Engine().Check(sql, &c.pol)
+	o.Metrics.PolicyDecision(time.Since(start))
+	if v != nil {
+		return d, c.enforce(v, sql)
+	}
+	o.Metrics.Statement(DecisionAllowed)
+	for _, t := range d.CreatesTemp {
+		if c.pol.TempTables == nil {
+			c.pol.TempTables = map[string]struct{}{}
+		}
+		c.pol.TempTables[t] = struct{}{}
+	}
+	return d, nil
+}
+
+// enforce counts and audits a violation and returns it, or nil in audit mode.
+func (c *session) enforce(v *policy.Violation, sql string) *policy.Violation {
+	o := c.srv.opts
+	o.Metrics.Blocked(c.id.Tenant, string(v.Reason), v.Object)
+	audit := o.Config.Policy.Mode == "audit"
+	decision := DecisionBlocked
+	if audit {
+		decision = DecisionAudited
+	}
+	o.Metrics.Statement(decision)
+	o.Audit.Warn("statement "+decision,
+		"tenant", c.id.Tenant, "user", c.id.User, "client", c.conn.RemoteAddr().String(),
+		"reason", string(v.Reason), "object", v.Object, "sqlstate", v.SQLState,
+		"message", v.Message, "statement", truncate(sql, 1024))
+	if audit {
+		return nil
+	}
+	return v
+}
+
+func (c *session) auditAdmin(typ byte, msg []byte) {
+	var text []byte
+	switch typ {
+	case 'Q':
+		text, _ = rewrite.QueryText(msg)
+	case 'P':
+		_, text, _ = rewrite.ParseFields(msg)
+	default:
+		return
+	}
+	c.srv.opts.Metrics.Statement(DecisionAdmin)
+	c.srv.opts.Audit.Info("admin statement", "user", c.id.User, "client", c.conn.RemoteAddr().String(), "statement", truncate(string(text), 1024))
+}
+
+// serverToClient relays server messages through the rewrite filter.
+func (c *session) serverToClient() error {
+	var out []byte
+	for {
+		_, msg, err := c.sr.Next()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return errClientClosed // closed by the other direction
+			}
+			return fmt.Errorf("%w: %v", errServerClosed, err)
+		}
+		if c.rw == nil {
+			out = append(out, msg...)
+		} else if out, err = c.rw.Reply(out, msg); err != nil {
+			return protocolViolation("%v", err)
+		}
+		if c.sr.Buffered() == 0 && len(out) > 0 {
+			c.cwu.Lock()
+			c.cw.Raw(out)
+			err := c.cw.Flush()
+			c.cwu.Unlock()
+			out = out[:0]
+			if cap(out) > 64<<10 {
+				out = nil
+			}
+			if err != nil {
+				return errClientClosed
+			}
+			c.sr.shrink()
+		}
+	}
+}
+
+// shutdown ends the session for a server shutdown: the client's next read
+// deadline fires. Sessions in a transaction get until the drain deadline.
+func (c *session) shutdown() {
+	go func() {
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		deadline := time.After(c.srv.opts.Config.Limits.ShutdownTimeout)
+		for {
+			if c.rw == nil || c.rw.Idle() {
+				c.conn.SetReadDeadline(time.Now())
+				return
+			}
+			select {
+			case <-t.C:
+			case <-deadline:
+				c.conn.SetReadDeadline(time.Now())
+				return
+			}
+		}
+	}()
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}

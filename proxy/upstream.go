@@ -1,0 +1,138 @@
+package proxy
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"maps"
+	"net"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Connector opens server connections for sessions. It is the one seam
+// between a client session and its server connection, so that a pool can
+// later hand out a connection per transaction instead.
+type Connector interface {
+	Connect(ctx context.Context, params map[string]string) (*ServerConn, error)
+}
+
+// ServerConn is an authenticated upstream connection, hijacked from pgconn
+// so that pgmoat relays raw protocol messages on it. The session owns it.
+type ServerConn struct {
+	net.Conn
+	PID       uint32
+	SecretKey []byte
+	// Params are the ParameterStatus values the server reported at startup.
+	Params map[string]string
+	cancel cancelTarget
+}
+
+// cancelTarget is where a CancelRequest for this connection goes.
+type cancelTarget struct {
+	network, addr string
+	pid           uint32
+	key           []byte
+}
+
+// PgConnector connects with pgconn (which speaks SCRAM, md5 and TLS as the
+// DSN says) and hijacks the connection.
+type PgConnector struct {
+	cfg     *pgconn.Config
+	timeout time.Duration
+}
+
+// NewPgConnector parses the upstream DSN. password, if not empty, overrides
+// the DSN's.
+func NewPgConnector(dsn, password string, timeout time.Duration) (*PgConnector, error) {
+	cfg, err := pgconn.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("upstream dsn: %w", err)
+	}
+	if password != "" {
+		cfg.Password = password
+	}
+	return &PgConnector{cfg: cfg, timeout: timeout}, nil
+}
+
+// Database is the database pgmoat connects to.
+func (c *PgConnector) Database() string { return c.cfg.Database }
+
+// Connect opens a connection with the given startup parameters added to the
+// DSN's runtime parameters.
+func (c *PgConnector) Connect(ctx context.Context, params map[string]string) (*ServerConn, error) {
+	cfg := c.cfg.Copy()
+	cfg.RuntimeParams = maps.Clone(cfg.RuntimeParams)
+	if cfg.RuntimeParams == nil {
+		cfg.RuntimeParams = map[string]string{}
+	}
+	maps.Copy(cfg.RuntimeParams, params)
+	if c.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.timeout)
+		defer cancel()
+	}
+	pc, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect upstream: %w", err)
+	}
+	h, err := pc.Hijack()
+	if err != nil {
+		pc.Close(ctx)
+		return nil, fmt.Errorf("hijack upstream connection: %w", err)
+	}
+	return &ServerConn{
+		Conn:      h.Conn,
+		PID:       h.PID,
+		SecretKey: h.SecretKey,
+		Params:    h.ParameterStatuses,
+		cancel: cancelTarget{
+			network: h.Conn.RemoteAddr().Network(),
+			addr:    h.Conn.RemoteAddr().String(),
+			pid:     h.PID,
+			key:     h.SecretKey,
+		},
+	}, nil
+}
+
+// Cancel asks the server to cancel the query running on this connection, on
+// a new connection as the protocol requires.
+func (t cancelTarget) Cancel(ctx context.Context) error {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, t.network, t.addr)
+	if err != nil {
+		return fmt.Errorf("cancel: %w", err)
+	}
+	defer conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
+	b := make([]byte, 0, 12+len(t.key))
+	b = binary.BigEndian.AppendUint32(b, uint32(12+len(t.key)))
+	b = binary.BigEndian.AppendUint32(b, cancelRequestCode)
+	b = binary.BigEndian.AppendUint32(b, t.pid)
+	b = append(b, t.key...)
+	if _, err := conn.Write(b); err != nil {
+		return fmt.Errorf("cancel: %w", err)
+	}
+	// The server closes the connection when it is done; wait for that so
+	// the cancel has been processed when we return.
+	var one [1]byte
+	conn.Read(one[:])
+	return nil
+}
+
+// Open connects without hijacking, for pgmoat's own queries (the catalog).
+func (c *PgConnector) Open(ctx context.Context) (*pgconn.PgConn, error) {
+	if c.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.timeout)
+		defer cancel()
+	}
+	pc, err := pgconn.ConnectConfig(ctx, c.cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect upstream: %w", err)
+	}
+	return pc, nil
+}
