@@ -1,0 +1,229 @@
+// Command pgmoat is a PostgreSQL wire-protocol proxy that enforces tenant
+// isolation with row-level security. See `pgmoat --help`.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/pgmoat/pgmoat/config"
+)
+
+// Set at build time:
+//
+//	go build -ldflags "-X main.version=v0.3.0 -X main.commit=$(git rev-parse HEAD)" ./cmd/pgmoat
+var (
+	version = "dev"
+	commit  = "" // empty: taken from the Go build info (vcs.revision) if present
+)
+
+// configEnv names the config file when --config is not given.
+const configEnv = "PGMOAT_CONFIG"
+
+func main() {
+	os.Exit(execute(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// execute runs the command line args and returns the process exit code:
+// 0 on success, 1 on any error (printed to stderr).
+func execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	root := newRootCmd()
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	if err := root.ExecuteContext(ctx); err != nil {
+		// A config error lists one problem per line; prefix each.
+		for line := range strings.Lines(err.Error()) {
+			fmt.Fprint(stderr, "pgmoat: ", strings.TrimSuffix(line, "\n"), "\n")
+		}
+		return 1
+	}
+	return 0
+}
+
+func newRootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "pgmoat",
+		Short: "A PostgreSQL proxy that keeps every tenant inside its own rows",
+		Long: `pgmoat is a transparent PostgreSQL wire-protocol proxy that enforces tenant
+isolation. Applications connect to pgmoat exactly as they would connect to
+PostgreSQL. pgmoat authenticates each connection to one tenant (the users list
+in the config file maps logins to tenants), makes every transaction run with
+
+    SET LOCAL app.current_tenant_id = '<tenant>'
+
+so that the database's row-level-security (RLS) policies apply, and parses
+every statement so that nothing can reach a table RLS does not protect or
+change the tenant setting. Blocked statements get an ordinary PostgreSQL error
+(SQLSTATE 42501) and the connection stays usable.
+
+pgmoat connects upstream with its own role, which must not be a superuser,
+must not own the tenant tables and must not have BYPASSRLS. Run it as a
+sidecar next to each application instance; watch it through the Prometheus
+metrics and health endpoints on metrics_listen and the JSON audit log on
+standard error.
+
+Configuration comes from one YAML file (see deploy/pgmoat.example.yaml for
+every key), overridden by PGMOAT_* environment variables and then by flags.`,
+		Example: `  pgmoat check-config --config /etc/pgmoat/pgmoat.yaml
+  pgmoat run --config /etc/pgmoat/pgmoat.yaml
+  PGMOAT_POLICY_MODE=audit pgmoat run -c pgmoat.yaml`,
+		// Errors are printed once, by execute; a config error is not a
+		// usage error, so do not print the usage for it.
+		SilenceErrors: true,
+		SilenceUsage:  true,
+	}
+	root.AddCommand(newRunCmd(), newCheckConfigCmd(), newVersionCmd())
+	return root
+}
+
+func newRunCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Run the proxy",
+		Long: `Run loads and validates the configuration, then accepts client connections on
+listen and serves /metrics, /healthz and /readyz on metrics_listen, until it
+receives SIGINT or SIGTERM.
+
+On SIGINT or SIGTERM pgmoat stops accepting connections and lets open sessions
+finish for up to limits.shutdown_timeout, then closes them. A second signal
+ends the process at once.
+
+If the configuration is invalid, run prints every problem, each naming the
+file and the key, and exits with status 1 without starting.
+
+Logs (including the audit log) go to standard error, in the format and at the
+level set by log.format and log.level.`,
+		Example: `  pgmoat run --config /etc/pgmoat/pgmoat.yaml
+  pgmoat run -c pgmoat.yaml --policy-mode audit --log-format text
+  PGMOAT_CONFIG=/etc/pgmoat/pgmoat.yaml PGMOAT_UPSTREAM_PASSWORD=... pgmoat run`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			path := configPath(cmd)
+			cfg, err := config.Load(path, cmd.Flags())
+			if err != nil {
+				return err
+			}
+			logger := newLogger(cfg.Log, cmd.ErrOrStderr())
+
+			// SIGHUP would kill the process by default; until configuration
+			// reload exists it is ignored rather than fatal.
+			signal.Ignore(syscall.SIGHUP)
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			go func() {
+				// After the first signal, restore the default handling so
+				// that a second one kills a shutdown that hangs.
+				<-ctx.Done()
+				stop()
+			}()
+
+			logger.Info("pgmoat starting", "version", version, "commit", buildCommit())
+			return runProxy(ctx, cfg, path, logger)
+		},
+	}
+	addConfigFlags(cmd.Flags())
+	return cmd
+}
+
+func newCheckConfigCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "check-config",
+		Short: "Load and validate the configuration, then exit",
+		Long: `check-config loads the configuration exactly as run would (file, PGMOAT_*
+environment variables, flags), reads the password files and validates
+everything. It prints "ok" and exits with status 0 if the configuration is
+valid; otherwise it prints every problem, each naming the file and the key,
+and exits with status 1. It does not connect to PostgreSQL.
+
+Use it in CI and before a reload.`,
+		Example: `  pgmoat check-config --config /etc/pgmoat/pgmoat.yaml
+  PGMOAT_CONFIG=pgmoat.yaml pgmoat check-config`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if _, err := config.Load(configPath(cmd), cmd.Flags()); err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), "ok")
+			return nil
+		},
+	}
+	addConfigFlags(cmd.Flags())
+	return cmd
+}
+
+func newVersionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version, commit and Go version",
+		Long: `version prints pgmoat's version and the commit it was built from (set at build
+time with -ldflags "-X main.version=... -X main.commit=..."), and the Go
+version and platform it was built with.`,
+		Args: cobra.NoArgs,
+		Run: func(cmd *cobra.Command, _ []string) {
+			fmt.Fprintf(cmd.OutOrStdout(), "pgmoat %s\ncommit: %s\ngo: %s %s/%s\n",
+				version, buildCommit(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+		},
+	}
+}
+
+// addConfigFlags defines --config and the flags that override configuration
+// keys. A flag overrides its key only when given on the command line; the
+// names follow config.Load's rule (key with "." and "_" replaced by "-").
+func addConfigFlags(fs *pflag.FlagSet) {
+	fs.StringP("config", "c", "pgmoat.yaml", "the configuration file (env "+configEnv+")")
+	fs.String("listen", "", "override listen: the client address, host:port")
+	fs.String("metrics-listen", "", "override metrics_listen: the /metrics, /healthz, /readyz address, host:port")
+	fs.String("policy-mode", "", "override policy.mode: enforce or audit")
+	fs.String("log-level", "", "override log.level: debug, info, warn or error")
+	fs.String("log-format", "", "override log.format: json or text")
+}
+
+// configPath is --config if given, else $PGMOAT_CONFIG if set, else the
+// flag's default (pgmoat.yaml).
+func configPath(cmd *cobra.Command) string {
+	f := cmd.Flags().Lookup("config")
+	if !f.Changed {
+		if p := os.Getenv(configEnv); p != "" {
+			return p
+		}
+	}
+	return f.Value.String()
+}
+
+// newLogger builds the process logger (also used for the audit log): JSON or
+// text lines written to w at the configured level.
+func newLogger(cfg config.Log, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.SlogLevel()}
+	if cfg.Format == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+// buildCommit is the commit set with -ldflags, else the VCS revision Go
+// recorded in the binary, else "unknown".
+func buildCommit() string {
+	if commit != "" {
+		return commit
+	}
+	if info, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range info.Settings {
+			if s.Key == "vcs.revision" {
+				return s.Value
+			}
+		}
+	}
+	return "unknown"
+}
