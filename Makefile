@@ -3,7 +3,7 @@
 
 GO ?= go
 
-.PHONY: build run test fmt clean
+.PHONY: build run test bench fmt clean
 
 build:
 	$(GO) build -o bin/pgmoat ./cmd/pgmoat
@@ -14,6 +14,9 @@ run:
 test:
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 12m ./...
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./...
 
 fmt:
 	$(GO) fmt ./...
