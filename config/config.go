@@ -11,6 +11,7 @@ type Config struct {
 	Listen        string   `mapstructure:"listen"`         // client listener, default 127.0.0.1:6432
 	MetricsListen string   `mapstructure:"metrics_listen"` // /metrics, /healthz, /readyz; default 127.0.0.1:9930
 	Upstream      Upstream `mapstructure:"upstream"`
+	TLS           TLS      `mapstructure:"tls"`
 	Users         []User   `mapstructure:"users"`
 	Policy        Policy   `mapstructure:"policy"`
 	Limits        Limits   `mapstructure:"limits"`
@@ -44,6 +45,15 @@ type Upstream struct {
 // users) or files. After Load, Password holds the plaintext password whether
 // it came inline, from the environment or from PasswordFile (which is kept
 // for reference), and is empty exactly when SCRAMVerifier is set.
+// TLS is how clients may encrypt their connection to pgmoat. Without a
+// certificate pgmoat answers SSLRequest with 'N' (plaintext only).
+type TLS struct {
+	CertFile string `mapstructure:"cert_file"` // PEM certificate chain
+	KeyFile  string `mapstructure:"key_file"`  // PEM private key
+	// Require refuses clients that do not ask for TLS (SQLSTATE 28000).
+	Require bool `mapstructure:"require"`
+}
+
 type User struct {
 	Name          string `mapstructure:"name"`
 	Password      string `mapstructure:"password"`

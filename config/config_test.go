@@ -46,8 +46,10 @@ var badFiles = map[string][]string{
 		"policy.shared[0].name: public.orders is already declared at policy.protected[0]",
 		`policy.shared[1].name: "Weird Table" is not a name or schema.name`,
 	},
-	"bad_limit": {"limits.max_client_connections: must be positive"},
-	"bad_yaml":  {"parse YAML", "line 6"},
+	"bad_limit":                {"limits.max_client_connections: must be positive"},
+	"bad_tls":                  {"tls: cert_file and key_file must be set together"},
+	"tls_require_without_cert": {"tls.require: needs tls.cert_file and tls.key_file"},
+	"bad_yaml":                 {"parse YAML", "line 6"},
 	"many": {
 		"listen: want host:port",
 		"upstream.dsn: required",

@@ -238,7 +238,8 @@ func decodeErrors(err error) error {
 }
 
 // resolveSecrets reads password files and PGMOAT_USERS_<i>_PASSWORD into the
-// Password fields. Relative file names are taken relative to dir. It refuses
+// Password fields, and makes the TLS file names absolute. Relative file
+// names are taken relative to dir. It refuses
 // an inline (or environment) password together with a password_file, since
 // after loading the two can no longer be told apart.
 func (c *Config) resolveSecrets(dir string) error {
@@ -267,6 +268,11 @@ func (c *Config) resolveSecrets(dir string) error {
 		*dst = s
 	}
 
+	for _, f := range []*string{&c.TLS.CertFile, &c.TLS.KeyFile} {
+		if *f != "" && !filepath.IsAbs(*f) {
+			*f = filepath.Join(dir, *f)
+		}
+	}
 	read("upstream.password_file", c.Upstream.PasswordFile, &c.Upstream.Password)
 	for i := range c.Users {
 		u := &c.Users[i]

@@ -52,6 +52,7 @@ func (c *Config) Validate() error {
 	}
 
 	c.Upstream.validate(&p)
+	c.TLS.validate(&p)
 	c.validateUsers(&p)
 	c.Policy.validate(&p)
 
@@ -133,6 +134,15 @@ func (u *Upstream) validate(p *problems) {
 	}
 	if u.ConnectTimeout <= 0 {
 		p.add("upstream.connect_timeout", "must be positive")
+	}
+}
+
+func (t *TLS) validate(p *problems) {
+	switch {
+	case (t.CertFile == "") != (t.KeyFile == ""):
+		p.add("tls", "cert_file and key_file must be set together")
+	case t.Require && t.CertFile == "":
+		p.add("tls.require", "needs tls.cert_file and tls.key_file")
 	}
 }
 

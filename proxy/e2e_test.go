@@ -63,6 +63,10 @@ func startProxy(t *testing.T, edit func(*config.Config)) *testProxy {
 	if err != nil {
 		t.Fatal(err)
 	}
+	tlsConfig, err := LoadTLS(cfg.TLS)
+	if err != nil {
+		t.Fatal(err)
+	}
 	reg := prometheus.NewRegistry()
 	m := NewMetrics(reg, 100)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -71,7 +75,7 @@ func startProxy(t *testing.T, edit func(*config.Config)) *testProxy {
 	}
 	srv := NewServer(Options{
 		Config: cfg, Logger: log, Audit: log, Metrics: m, Auth: auth, Connector: connector,
-		Engine: func() *policy.Engine { return engine }, Database: "app",
+		Engine: func() *policy.Engine { return engine }, Database: "app", TLS: tlsConfig,
 	})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

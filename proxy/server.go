@@ -7,6 +7,7 @@ package proxy
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"log/slog"
@@ -19,7 +20,7 @@ import (
 	"github.com/pgmoat/pgmoat/policy"
 )
 
-// Options wires a Server. Every field is required.
+// Options wires a Server. Every field is required unless it says otherwise.
 type Options struct {
 	Config    *config.Config
 	Logger    *slog.Logger
@@ -29,6 +30,9 @@ type Options struct {
 	Connector Connector
 	Engine    func() *policy.Engine // the current policy (swapped on catalog refresh)
 	Database  string                // the only database name clients may ask for
+	// TLS, if not nil, is offered to clients that send SSLRequest.
+	// Optional: nil means plaintext only.
+	TLS *tls.Config
 }
 
 // Server accepts client connections and runs a session for each.

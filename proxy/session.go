@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -22,7 +23,8 @@ import (
 // relay.
 type session struct {
 	srv  *Server
-	conn net.Conn
+	conn net.Conn // the client connection; its TLS layer once started
+	tls  bool
 	log  *slog.Logger
 
 	cr  *msgReader
@@ -125,16 +127,41 @@ func (c *session) startup() (*startup, error) {
 				// man in the middle (CVE-2021-23214): refuse them.
 				return nil, protocolViolation("received unencrypted data after SSL request")
 			}
-			if _, err := c.conn.Write([]byte{'N'}); err != nil {
+			if code == gssEncRequestCode || c.srv.opts.TLS == nil || c.tls {
+				if _, err := c.conn.Write([]byte{'N'}); err != nil {
+					return nil, err
+				}
+				continue
+			}
+			if err := c.startTLS(); err != nil {
 				return nil, err
 			}
 		case cancelRequestCode:
 			c.cancel(body)
 			return nil, nil
 		default:
+			if c.srv.opts.Config.TLS.Require && !c.tls {
+				return nil, &clientError{code: "28000", message: "pgmoat: TLS is required; connect with sslmode=require or stronger", result: ResultRefused}
+			}
 			return parseStartup(body)
 		}
 	}
+}
+
+// startTLS accepts the client's SSLRequest and replaces the connection
+// with its TLS layer.
+func (c *session) startTLS() error {
+	if _, err := c.conn.Write([]byte{'S'}); err != nil {
+		return err
+	}
+	tc := tls.Server(c.conn, c.srv.opts.TLS)
+	if err := tc.Handshake(); err != nil {
+		return &clientError{code: "08P01", message: "pgmoat: TLS handshake failed", result: ResultProtocolError, cause: err}
+	}
+	c.conn, c.tls = tc, true
+	c.cr = newMsgReader(tc, c.srv.opts.Config.Limits.MaxMessageSize)
+	c.cw = newMsgWriter(tc)
+	return nil
 }
 
 // cancel forwards a CancelRequest whose key pgmoat handed out.

@@ -53,6 +53,10 @@ func runProxy(ctx context.Context, cfg *config.Config, configPath string, logger
 	go httpSrv.Serve(httpLn)
 	defer httpSrv.Close()
 
+	tlsConfig, err := proxy.LoadTLS(cfg.TLS)
+	if err != nil {
+		return err
+	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
@@ -66,9 +70,10 @@ func runProxy(ctx context.Context, cfg *config.Config, configPath string, logger
 		Connector: connector,
 		Engine:    pol.engine.Load,
 		Database:  database,
+		TLS:       tlsConfig,
 	})
 	logger.Info("pgmoat listening", "listen", ln.Addr().String(), "metrics_listen", httpLn.Addr().String(),
-		"database", database, "mode", cfg.Policy.Mode, "users", len(cfg.Users), "config", configPath)
+		"database", database, "mode", cfg.Policy.Mode, "tls", tlsConfig != nil, "users", len(cfg.Users), "config", configPath)
 	err = srv.Serve(ctx, ln)
 	logger.Info("pgmoat stopped")
 	return err
