@@ -14,6 +14,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
+	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -694,4 +696,65 @@ func TestConcurrentTenants(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+// TestCancel cancels a running query with pgx's context cancellation (a
+// CancelRequest carrying pgmoat's key) and checks that a forged key
+// cancels nothing.
+func TestCancel(t *testing.T) {
+	p := startProxy(t, nil)
+	cfg, err := pgx.ParseConfig(p.dsn("acme_app", "acme_secret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Cancel with a CancelRequest (pgx's default closes the connection).
+	cfg.BuildContextWatcherHandler = func(pc *pgconn.PgConn) ctxwatch.Handler {
+		return &pgconn.CancelRequestContextWatcherHandler{Conn: pc, DeadlineDelay: 10 * time.Second}
+	}
+	conn, err := pgx.ConnectConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	_, err = conn.Exec(ctx, "select pg_sleep(30)")
+	if sqlstate(err) != "57014" {
+		t.Fatalf("cancelled query: %v, want 57014 (query_canceled)", err)
+	}
+	wantOnly(t, tenantsOf(t, conn, "select tenant_id from orders"), "acme")
+
+	// Another client's key, off by one, must not cancel it.
+	victim := p.connect(t, "globex_app", "globex_secret", pgx.QueryExecModeCacheStatement)
+	pid, key := victim.PgConn().PID(), victim.PgConn().SecretKey()
+	done := make(chan error, 1)
+	go func() {
+		_, err := victim.Exec(context.Background(), "select pg_sleep(0.5)")
+		done <- err
+	}()
+	time.Sleep(100 * time.Millisecond) // let the query start; a late cancel would prove nothing either way
+	for _, forged := range []struct {
+		pid uint32
+		key []byte
+	}{{pid, append([]byte{}, key[:3]...)}, {pid + 1, key}, {pid, []byte{key[0] ^ 1, key[1], key[2], key[3]}}} {
+		sendCancel(t, p.addr, forged.pid, forged.key)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("a forged cancel key cancelled another client's query: %v", err)
+	}
+}
+
+func sendCancel(t *testing.T, addr string, pid uint32, key []byte) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	buf, _ := (&pgproto3.CancelRequest{ProcessID: pid, SecretKey: key}).Encode(nil)
+	if _, err := c.Write(buf); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	io.Copy(io.Discard, c) // pgmoat closes the connection when done
 }
