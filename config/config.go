@@ -102,10 +102,13 @@ type Function struct {
 
 // Limits bounds what clients can cost.
 type Limits struct {
-	MaxClientConnections int           `mapstructure:"max_client_connections"` // default 1000
-	AuthTimeout          time.Duration `mapstructure:"auth_timeout"`           // default 15s
-	MaxMessageSize       int           `mapstructure:"max_message_size"`       // bytes; default 64 MiB
-	ShutdownTimeout      time.Duration `mapstructure:"shutdown_timeout"`       // default 30s
+	MaxClientConnections int `mapstructure:"max_client_connections"` // default 1000
+	// MaxTenantConnections caps the client connections of one tenant, so
+	// that one tenant cannot take every connection; 0 means no cap.
+	MaxTenantConnections int           `mapstructure:"max_tenant_connections"`
+	AuthTimeout          time.Duration `mapstructure:"auth_timeout"`     // default 15s
+	MaxMessageSize       int           `mapstructure:"max_message_size"` // bytes; default 64 MiB
+	ShutdownTimeout      time.Duration `mapstructure:"shutdown_timeout"` // default 30s
 }
 
 // Log configures the process log and the audit log.

@@ -31,6 +31,7 @@ var defaults = map[string]any{
 	"policy.cache_size":             10000,
 	"policy.catalog_refresh":        60 * time.Second,
 	"limits.max_client_connections": 1000,
+	"limits.max_tenant_connections": 0,
 	"limits.auth_timeout":           15 * time.Second,
 	"limits.max_message_size":       64 << 20,
 	"limits.shutdown_timeout":       30 * time.Second,

@@ -62,6 +62,9 @@ func (c *Config) Validate() error {
 		}
 	}
 	positive("limits.max_client_connections", int64(c.Limits.MaxClientConnections))
+	if c.Limits.MaxTenantConnections < 0 {
+		p.add("limits.max_tenant_connections", "must not be negative (0 means no cap)")
+	}
 	positive("limits.auth_timeout", int64(c.Limits.AuthTimeout))
 	positive("limits.max_message_size", int64(c.Limits.MaxMessageSize))
 	if c.Limits.MaxMessageSize > maxMessageSizeLimit {

@@ -758,3 +758,43 @@ func sendCancel(t *testing.T, addr string, pid uint32, key []byte) {
 	c.SetReadDeadline(time.Now().Add(2 * time.Second))
 	io.Copy(io.Discard, c) // pgmoat closes the connection when done
 }
+
+func TestConnectionLimits(t *testing.T) {
+	p := startProxy(t, func(c *config.Config) {
+		c.Limits.MaxClientConnections = 3
+		c.Limits.MaxTenantConnections = 2
+	})
+	p.connect(t, "acme_app", "acme_secret", pgx.QueryExecModeCacheStatement)
+	p.connect(t, "acme_ro", "ro_secret", pgx.QueryExecModeCacheStatement) // same tenant, another user
+	_, err := pgx.Connect(context.Background(), p.dsn("acme_app", "acme_secret"))
+	if sqlstate(err) != "53300" {
+		t.Fatalf("third acme connection: %v, want 53300", err)
+	}
+	globex := p.connect(t, "globex_app", "globex_secret", pgx.QueryExecModeCacheStatement)
+	_, err = pgx.Connect(context.Background(), p.dsn("globex_app", "globex_secret"))
+	if sqlstate(err) != "53300" {
+		t.Fatalf("fourth connection: %v, want 53300", err)
+	}
+	wantOnly(t, tenantsOf(t, globex, "select tenant_id from orders"), "globex")
+	// A closed session frees its place.
+	globex.Close(context.Background())
+	waitFor(t, func() bool {
+		c, err := pgx.Connect(context.Background(), p.dsn("globex_app", "globex_secret"))
+		if err == nil {
+			c.Close(context.Background())
+		}
+		return err == nil
+	})
+}
+
+// waitFor polls cond until it holds, for state that settles asynchronously.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	for i := 0; i < 100; i++ {
+		if cond() {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatal("condition not reached in 2s")
+}

@@ -41,10 +41,33 @@ type Server struct {
 	cancels *cancelKeys
 	wg      sync.WaitGroup
 	active  atomic.Int64
+
+	tenantsMu sync.Mutex
+	tenants   map[string]int // open sessions by tenant, for limits.max_tenant_connections
 }
 
 func NewServer(o Options) *Server {
-	return &Server{opts: o, cancels: newCancelKeys()}
+	return &Server{opts: o, cancels: newCancelKeys(), tenants: map[string]int{}}
+}
+
+// acquireTenant counts a session of tenant, or reports false if the tenant
+// is at limits.max_tenant_connections. Each true needs a releaseTenant.
+func (s *Server) acquireTenant(tenant string) bool {
+	s.tenantsMu.Lock()
+	defer s.tenantsMu.Unlock()
+	if max := s.opts.Config.Limits.MaxTenantConnections; max > 0 && s.tenants[tenant] >= max {
+		return false
+	}
+	s.tenants[tenant]++
+	return true
+}
+
+func (s *Server) releaseTenant(tenant string) {
+	s.tenantsMu.Lock()
+	defer s.tenantsMu.Unlock()
+	if s.tenants[tenant]--; s.tenants[tenant] <= 0 {
+		delete(s.tenants, tenant)
+	}
 }
 
 // Serve accepts connections on ln until ctx is cancelled. Then it stops

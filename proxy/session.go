@@ -75,6 +75,12 @@ func (c *session) run(ctx context.Context) (err error) {
 		return c.refuse(err)
 	}
 	c.log = c.log.With("user", c.id.User, "tenant", c.id.Tenant)
+	if !c.id.Admin {
+		if !c.srv.acquireTenant(c.id.Tenant) {
+			return c.refuse(&clientError{code: "53300", message: fmt.Sprintf("pgmoat: too many connections for tenant %q", c.id.Tenant), result: ResultRefused})
+		}
+		defer c.srv.releaseTenant(c.id.Tenant)
+	}
 
 	c.server, err = o.Connector.Connect(ctx, st.params)
 	if err != nil {
