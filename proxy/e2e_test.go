@@ -798,3 +798,29 @@ func waitFor(t *testing.T, cond func() bool) {
 	}
 	t.Fatal("condition not reached in 2s")
 }
+
+// TestUpstreamParserSettingsForced: a role default of
+// standard_conforming_strings = off would let the server split a text
+// differently from pgmoat's parser; pgmoat overrides it on every connection.
+func TestUpstreamParserSettingsForced(t *testing.T) {
+	p := startProxy(t, nil)
+	ctx := context.Background()
+	if err := p.cluster.Exec(ctx, "app", "ALTER ROLE pgmoat IN DATABASE app SET standard_conforming_strings = off"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.cluster.Exec(ctx, "app", "ALTER ROLE pgmoat IN DATABASE app RESET standard_conforming_strings") })
+	conn := p.connect(t, "acme_app", "acme_secret", pgx.QueryExecModeSimpleProtocol)
+	var scs string
+	if err := conn.QueryRow(ctx, "show standard_conforming_strings").Scan(&scs); err != nil || scs != "on" {
+		t.Fatalf("standard_conforming_strings = %q (%v), want on", scs, err)
+	}
+	// One statement for the parser; with the setting off, two for the server.
+	rows, err := conn.Query(ctx, `select 'x\' || '; select tenant_id from audit_raw; --'`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil || len(got) != 1 || got[0] != `x\; select tenant_id from audit_raw; --` {
+		t.Fatalf("got %q, %v", got, err)
+	}
+}

@@ -59,6 +59,17 @@ func NewPgConnector(dsn, password string, timeout time.Duration) (*PgConnector, 
 // Database is the database pgmoat connects to.
 func (c *PgConnector) Database() string { return c.cfg.Database }
 
+// parserParams are set on every server connection, overriding the role's
+// and the database's defaults: with them the server reads a query text
+// exactly as pgmoat's parser does. (With standard_conforming_strings off,
+// 'a\' ends a string later for the server than for the parser, so the
+// server would run statements the policy never saw.) Clients cannot change
+// them: the policy refuses SET of either.
+var parserParams = map[string]string{
+	"standard_conforming_strings": "on",
+	"client_encoding":             "UTF8",
+}
+
 // Connect opens a connection with the given startup parameters added to the
 // DSN's runtime parameters.
 func (c *PgConnector) Connect(ctx context.Context, params map[string]string) (*ServerConn, error) {
@@ -68,6 +79,7 @@ func (c *PgConnector) Connect(ctx context.Context, params map[string]string) (*S
 		cfg.RuntimeParams = map[string]string{}
 	}
 	maps.Copy(cfg.RuntimeParams, params)
+	maps.Copy(cfg.RuntimeParams, parserParams)
 	if c.timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.timeout)
@@ -81,6 +93,12 @@ func (c *PgConnector) Connect(ctx context.Context, params map[string]string) (*S
 	if err != nil {
 		pc.Close(ctx)
 		return nil, fmt.Errorf("hijack upstream connection: %w", err)
+	}
+	for k, want := range parserParams {
+		if got := h.ParameterStatuses[k]; got != want {
+			h.Conn.Close()
+			return nil, fmt.Errorf("upstream session has %s = %q, want %q", k, got, want)
+		}
 	}
 	return &ServerConn{
 		Conn:      h.Conn,
