@@ -83,14 +83,16 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			if ctx.Err() != nil {
 				break
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, errTooManyFiles) {
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				s.opts.Logger.Warn("accept", "err", err, "retry_in", delay)
-				time.Sleep(delay)
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				return err
 			}
-			return err
+			// Out of file descriptors or memory, or a connection that
+			// failed before it was accepted: the listener itself is
+			// fine. Back off rather than take every session down.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			s.opts.Logger.Warn("accept", "err", err, "retry_in", delay)
+			time.Sleep(delay)
+			continue
 		}
 		delay = 0
 		s.wg.Add(1)
@@ -105,8 +107,6 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	return nil
 }
-
-var errTooManyFiles = errors.New("too many open files")
 
 // handle runs one session and accounts for it.
 func (s *Server) handle(ctx context.Context, conn net.Conn) {

@@ -92,7 +92,7 @@ func (c *session) run(ctx context.Context) (err error) {
 		c.server.Close()
 		o.Metrics.UpstreamDisconnected()
 	}()
-	c.sr = newMsgReader(c.server, o.Config.Limits.MaxMessageSize)
+	c.sr = newMsgReader(c.server, maxServerMessage)
 	c.sw = newMsgWriter(c.server)
 	c.conn.SetDeadline(time.Time{})
 
@@ -237,10 +237,13 @@ func (c *session) relay(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, c.shutdown)
 	defer stop()
 	err := <-errc
-	// Unblock the other direction.
+	// Unblock the other direction, whether it waits to read or to write (a
+	// client that stops reading blocks the server relay in Write).
 	c.server.Close()
-	c.conn.SetReadDeadline(time.Now())
+	c.conn.SetDeadline(time.Now())
 	<-errc
+	// Time to send the final error, not more.
+	c.conn.SetWriteDeadline(time.Now().Add(time.Second))
 	switch {
 	case errors.Is(err, errClientClosed):
 		return nil
@@ -259,7 +262,7 @@ var (
 )
 
 // clientToServer reads client messages, applies the policy and the tenant
-// rewrite, and writes upstream; it flushes when the client has nothing more
+// rewrite, and writes upstream; it flushes when no further client message is
 // buffered, so a pipeline goes upstream in one write.
 func (c *session) clientToServer() error {
 	for {
@@ -284,7 +287,7 @@ func (c *session) clientToServer() error {
 		if err := c.handleClient(typ, msg); err != nil {
 			return err
 		}
-		if c.cr.Buffered() == 0 {
+		if !c.cr.HasMessage() || c.sw.Len() >= flushSize {
 			if err := c.sw.Flush(); err != nil {
 				return fmt.Errorf("%w: %v", errServerClosed, err)
 			}
@@ -402,13 +405,13 @@ func (c *session) serverToClient() error {
 		} else if out, err = c.rw.Reply(out, msg); err != nil {
 			return protocolViolation("%v", err)
 		}
-		if c.sr.Buffered() == 0 && len(out) > 0 {
+		if len(out) > 0 && (!c.sr.HasMessage() || len(out) >= flushSize) {
 			c.cwu.Lock()
 			c.cw.Raw(out)
 			err := c.cw.Flush()
 			c.cwu.Unlock()
 			out = out[:0]
-			if cap(out) > 64<<10 {
+			if cap(out) > 4*flushSize {
 				out = nil
 			}
 			if err != nil {

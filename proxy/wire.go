@@ -76,9 +76,28 @@ func (mr *msgReader) NextStartup() ([]byte, error) {
 }
 
 // Buffered is the number of bytes read from the stream but not yet returned.
-// The relay flushes its output only when nothing more is buffered, so that a
-// client's pipeline goes upstream in one write.
 func (mr *msgReader) Buffered() int { return mr.end - mr.start }
+
+// HasMessage reports whether Next can return without reading the stream: a
+// whole message (or a framing error) is buffered. The relay flushes its
+// output when it has not, so that a pipeline goes on in one write but a
+// stream of rows is never held back waiting for more input.
+func (mr *msgReader) HasMessage() bool {
+	if mr.end-mr.start < 5 {
+		return false
+	}
+	n := int(binary.BigEndian.Uint32(mr.buf[mr.start+1:]))
+	return mr.end-mr.start >= n+1
+}
+
+// flushSize bounds what the relay buffers before it writes even though more
+// input is already waiting: large results and COPY streams go through in
+// pieces of this size instead of accumulating.
+const flushSize = 64 << 10
+
+// maxServerMessage is the largest message accepted from the server: the
+// server is trusted, and PostgreSQL's own limit is 1 GiB.
+const maxServerMessage = 1<<30 + 5
 
 // fill makes at least n unread bytes available, growing the buffer if needed.
 func (mr *msgReader) fill(n int) error {
@@ -155,7 +174,7 @@ func (mw *msgWriter) Flush() error {
 		return nil
 	}
 	_, err := mw.w.Write(mw.buf)
-	if cap(mw.buf) > 64<<10 {
+	if cap(mw.buf) > 4*flushSize {
 		mw.buf = make([]byte, 0, 8192)
 	} else {
 		mw.buf = mw.buf[:0]

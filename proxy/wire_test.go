@@ -377,11 +377,11 @@ func TestWireWriter(t *testing.T) {
 	t.Run("large buffer released", func(t *testing.T) {
 		w := &countingWriter{}
 		mw := newMsgWriter(w)
-		mw.Raw(make([]byte, 100_000))
+		mw.Raw(make([]byte, 1_000_000))
 		if err := mw.Flush(); err != nil {
 			t.Fatal(err)
 		}
-		if len(w.writes) != 1 || len(w.writes[0]) != 100_000 || cap(mw.buf) > 64<<10 {
+		if len(w.writes) != 1 || len(w.writes[0]) != 1_000_000 || cap(mw.buf) > 4*flushSize {
 			t.Fatalf("%d writes, cap(buf) = %d after Flush", len(w.writes), cap(mw.buf))
 		}
 	})
