@@ -808,7 +808,9 @@ func TestUpstreamParserSettingsForced(t *testing.T) {
 	if err := p.cluster.Exec(ctx, "app", "ALTER ROLE pgmoat IN DATABASE app SET standard_conforming_strings = off"); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { p.cluster.Exec(ctx, "app", "ALTER ROLE pgmoat IN DATABASE app RESET standard_conforming_strings") })
+	t.Cleanup(func() {
+		p.cluster.Exec(ctx, "app", "ALTER ROLE pgmoat IN DATABASE app RESET standard_conforming_strings")
+	})
 	conn := p.connect(t, "acme_app", "acme_secret", pgx.QueryExecModeSimpleProtocol)
 	var scs string
 	if err := conn.QueryRow(ctx, "show standard_conforming_strings").Scan(&scs); err != nil || scs != "on" {
@@ -823,4 +825,19 @@ func TestUpstreamParserSettingsForced(t *testing.T) {
 	if err != nil || len(got) != 1 || got[0] != `x\; select tenant_id from audit_raw; --` {
 		t.Fatalf("got %q, %v", got, err)
 	}
+}
+
+// TestErrorAtCommit: a deferred constraint fails at the implicit COMMIT of
+// an extended-protocol batch, so the error answers the Sync.
+func TestErrorAtCommit(t *testing.T) {
+	p := startProxy(t, nil)
+	ctx := context.Background()
+	conn := p.connect(t, "acme_app", "acme_secret", pgx.QueryExecModeCacheStatement)
+	if _, err := conn.Exec(ctx, "create temp table dz (id int unique deferrable initially deferred)"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "insert into dz values (1), (1)"); sqlstate(err) != "23505" {
+		t.Fatalf("deferred unique violation: %v, want 23505", err)
+	}
+	wantOnly(t, tenantsOf(t, conn, "select tenant_id from orders"), "acme")
 }

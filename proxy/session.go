@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/pgmoat/pgmoat/config"
 	"github.com/pgmoat/pgmoat/policy"
 	"github.com/pgmoat/pgmoat/rewrite"
 )
@@ -326,7 +327,10 @@ func (c *session) handleClient(typ byte, msg []byte) error {
 			SQLState: "42501",
 			Pos:      -1,
 		}
-		c.sw.buf = c.rw.FunctionCall(c.sw.buf, msg, c.enforce(v, "<FunctionCall>"))
+		// Refused in audit mode too: a FunctionCall cannot carry the
+		// tenant setting, so it would run without it.
+		c.record(v, "<FunctionCall>", DecisionBlocked)
+		c.sw.buf = c.rw.FunctionCall(c.sw.buf, msg, v)
 	default:
 		var err error
 		if c.sw.buf, err = c.rw.Message(c.sw.buf, msg); err != nil {
@@ -357,22 +361,23 @@ func (c *session) check(sql string) (*policy.Decision, *policy.Violation) {
 
 // enforce counts and audits a violation and returns it, or nil in audit mode.
 func (c *session) enforce(v *policy.Violation, sql string) *policy.Violation {
+	if c.srv.opts.Config.Policy.Mode == config.ModeAudit {
+		c.record(v, sql, DecisionAudited)
+		return nil
+	}
+	c.record(v, sql, DecisionBlocked)
+	return v
+}
+
+// record counts and audits a violation with its decision.
+func (c *session) record(v *policy.Violation, sql, decision string) {
 	o := c.srv.opts
 	o.Metrics.Blocked(c.id.Tenant, string(v.Reason), v.Object)
-	audit := o.Config.Policy.Mode == "audit"
-	decision := DecisionBlocked
-	if audit {
-		decision = DecisionAudited
-	}
 	o.Metrics.Statement(decision)
 	o.Audit.Warn("statement "+decision,
 		"tenant", c.id.Tenant, "user", c.id.User, "client", c.conn.RemoteAddr().String(),
 		"reason", string(v.Reason), "object", v.Object, "sqlstate", v.SQLState,
 		"message", v.Message, "statement", truncate(sql, 1024))
-	if audit {
-		return nil
-	}
-	return v
 }
 
 func (c *session) auditAdmin(typ byte, msg []byte) {

@@ -40,6 +40,11 @@ func (s *Session) Reply(dst, msg []byte) ([]byte, error) {
 		return s.queryReply(dst, msg, e)
 	}
 	if typ == 'E' {
+		if e.kind == kSync {
+			// The transaction failed at its implicit COMMIT (a deferred
+			// constraint, a serialization failure): ReadyForQuery follows.
+			return s.clientError(dst, msg, e)
+		}
 		return s.extendedError(dst, msg, e)
 	}
 	done := false

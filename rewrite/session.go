@@ -107,8 +107,12 @@ func NewSession(cfg Config) *Session {
 	}
 	// Parse and Close every time rather than keeping the statement prepared:
 	// nothing then depends on what the client did to the server's prepared
-	// statements (DEALLOCATE ALL, DISCARD ALL), and it costs ~1 µs.
-	b := encodeParse(nil, injectName, "SELECT pg_catalog.set_config('"+cfg.Setting+"', $1, true)", 25)
+	// statements (DEALLOCATE ALL, DISCARD ALL), and it costs ~1 µs. The
+	// leading Close (of a statement that normally does not exist, which is
+	// not an error) clears one left behind when an error or a cancel struck
+	// between an earlier injection's Parse and its Close.
+	b := encodeClose(nil, 'S', injectName)
+	b = encodeParse(b, injectName, "SELECT pg_catalog.set_config('"+cfg.Setting+"', $1, true)", 25)
 	b = encodeBind(b, injectName, injectName, cfg.Tenant)
 	b = encodeExecute(b, injectName)
 	b = encodeClose(b, 'P', injectName)
@@ -222,6 +226,9 @@ func (s *Session) Parse(dst, msg []byte, name string, d *policy.Decision, v *pol
 		return dst
 	}
 	s.inBatch = true
+	if v == nil && strings.HasPrefix(name, reservedPrefix) {
+		v = reserved([]byte(name))
+	}
 	if v != nil {
 		// Same name as the client's, so that a refused unnamed Parse drops the
 		// previous unnamed statement exactly as a failed one would.
@@ -333,7 +340,7 @@ func (s *Session) Message(dst, msg []byte) ([]byte, error) {
 		}
 		if c&policy.NeedsTenant != 0 && s.tenant != tenantSet {
 			dst = append(dst, s.injectMsgs...)
-			for _, k := range [...]entryKind{kParse, kBind, kExecute, kClose, kClose} {
+			for _, k := range [...]entryKind{kClose, kParse, kBind, kExecute, kClose, kClose} {
 				s.push(entry{kind: k, injected: true})
 			}
 			s.tenant = tenantSet

@@ -39,7 +39,7 @@ func frames(t testing.TB, b []byte) [][]byte {
 	return out
 }
 
-// types is the message types of a stream, e.g. "PBECC".
+// types is the message types of a stream, e.g. "CPBECC".
 func types(t testing.TB, b []byte) string {
 	var sb strings.Builder
 	for _, f := range frames(t, b) {
@@ -266,13 +266,13 @@ type parse struct {
 func TestExtendedInjection(t *testing.T) {
 	s := newSession()
 	got := extended(t, s, parse{"", "SELECT 1", needs, nil}, &pgproto3.Bind{}, &pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{})
-	// Parse Bind Describe [Parse Bind Execute Close Close] Execute Sync
-	if got != "PBDPBECCES" {
+	// Parse Bind Describe [Close Parse Bind Execute Close Close] Execute Sync
+	if got != "PBDCPBECCES" {
 		t.Fatalf("sent %q", got)
 	}
 	out := reply(t, s,
 		&pgproto3.ParseComplete{}, &pgproto3.BindComplete{}, &pgproto3.RowDescription{},
-		&pgproto3.ParseComplete{}, &pgproto3.BindComplete{}, &pgproto3.DataRow{}, cc("SELECT 1"), &pgproto3.CloseComplete{}, &pgproto3.CloseComplete{},
+		&pgproto3.CloseComplete{}, &pgproto3.ParseComplete{}, &pgproto3.BindComplete{}, &pgproto3.DataRow{}, cc("SELECT 1"), &pgproto3.CloseComplete{}, &pgproto3.CloseComplete{},
 		&pgproto3.DataRow{}, cc("SELECT 1"), rfq('I'))
 	if tt := types(t, out); tt != "12TDCZ" {
 		t.Fatalf("client saw %q, want 12TDCZ", tt)
@@ -287,7 +287,7 @@ func TestExtendedBeginNotPreceded(t *testing.T) {
 		parse{"", "COMMIT", ends, nil}, &pgproto3.Bind{}, &pgproto3.Execute{},
 		parse{"", "SELECT 2", needs, nil}, &pgproto3.Bind{}, &pgproto3.Execute{},
 		&pgproto3.Sync{})
-	want := "PBE" + "PB" + "PBECC" + "E" + "PBE" + "PB" + "PBECC" + "E" + "S"
+	want := "PBE" + "PB" + "CPBECC" + "E" + "PBE" + "PB" + "CPBECC" + "E" + "S"
 	if got != want {
 		t.Fatalf("sent %q\nwant %q", got, want)
 	}
@@ -306,7 +306,7 @@ func TestNamedStatementClassesMerge(t *testing.T) {
 		&pgproto3.Bind{PreparedStatement: "unknown_stmt"}, &pgproto3.Execute{},
 		&pgproto3.Bind{PreparedStatement: "unknown_stmt"}, &pgproto3.Execute{},
 		&pgproto3.Sync{})
-	want := "PB" + "PBECC" + "E" + "BE" + "B" + "PBECC" + "E" + "B" + "PBECC" + "E" + "S"
+	want := "PB" + "CPBECC" + "E" + "BE" + "B" + "CPBECC" + "E" + "B" + "CPBECC" + "E" + "S"
 	if got != want {
 		t.Fatalf("sent %q\nwant %q", got, want)
 	}
@@ -333,12 +333,12 @@ func TestExtendedBlockDropsRestOfBatch(t *testing.T) {
 		parse{"", "SELECT * FROM audit_raw", needs, v}, &pgproto3.Bind{}, &pgproto3.Execute{},
 		&pgproto3.Query{String: "SELECT 1"}, &pgproto3.Sync{})
 	// The refused Parse is replaced; what follows it up to Sync is dropped.
-	if want := "PB" + "PBECC" + "E" + "P" + "S"; got != want {
+	if want := "PB" + "CPBECC" + "E" + "P" + "S"; got != want {
 		t.Fatalf("sent %q, want %q", got, want)
 	}
 	out := reply(t, s,
 		&pgproto3.ParseComplete{}, &pgproto3.BindComplete{},
-		&pgproto3.ParseComplete{}, &pgproto3.BindComplete{}, &pgproto3.DataRow{}, cc("SELECT 1"), &pgproto3.CloseComplete{}, &pgproto3.CloseComplete{},
+		&pgproto3.CloseComplete{}, &pgproto3.ParseComplete{}, &pgproto3.BindComplete{}, &pgproto3.DataRow{}, cc("SELECT 1"), &pgproto3.CloseComplete{}, &pgproto3.CloseComplete{},
 		cc("INSERT 0 1"),
 		&pgproto3.ErrorResponse{Severity: "ERROR", Code: "22P02", Message: `invalid input syntax for type integer: "pgmoat:m4rk"`},
 		rfq('I'))
@@ -408,7 +408,7 @@ func TestExtendedCopySyncIgnoredDuringCopy(t *testing.T) {
 		}
 	}
 	got := reply(t, s, &pgproto3.ParseComplete{}, &pgproto3.BindComplete{},
-		&pgproto3.ParseComplete{}, &pgproto3.BindComplete{}, &pgproto3.DataRow{}, cc("SELECT 1"), &pgproto3.CloseComplete{}, &pgproto3.CloseComplete{},
+		&pgproto3.CloseComplete{}, &pgproto3.ParseComplete{}, &pgproto3.BindComplete{}, &pgproto3.DataRow{}, cc("SELECT 1"), &pgproto3.CloseComplete{}, &pgproto3.CloseComplete{},
 		&pgproto3.CopyInResponse{}, cc("COPY 1"), rfq('I'))
 	if tt := types(t, got); tt != "12GCZ" {
 		t.Fatalf("client saw %q", tt)
@@ -432,5 +432,40 @@ func TestUnshift(t *testing.T) {
 		if got := unshift(c.in, shifts); got != c.want {
 			t.Errorf("unshift(%d) = %d, want %d", c.in, got, c.want)
 		}
+	}
+}
+
+// TestErrorAtSync: a transaction can fail at Sync, its implicit COMMIT
+// (deferred constraints, serialization failures); ErrorResponse then
+// ReadyForQuery answer the Sync, and the session goes on.
+func TestErrorAtSync(t *testing.T) {
+	s := newSession()
+	extended(t, s, parse{"", "INSERT INTO t VALUES (1)", needs, nil}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
+	out := reply(t, s, &pgproto3.ParseComplete{}, &pgproto3.BindComplete{},
+		&pgproto3.CloseComplete{}, &pgproto3.ParseComplete{}, &pgproto3.BindComplete{}, &pgproto3.DataRow{}, cc("SELECT 1"), &pgproto3.CloseComplete{}, &pgproto3.CloseComplete{},
+		cc("INSERT 0 1"),
+		&pgproto3.ErrorResponse{Severity: "ERROR", Code: "23505", Message: "duplicate key value"}, rfq('I'))
+	if got := types(t, out); got != "12CEZ" {
+		t.Fatalf("client saw %q", got)
+	}
+	if !s.Idle() {
+		t.Fatalf("%d replies still expected", s.q.len())
+	}
+	// The next batch is tracked normally.
+	if got := extended(t, s, parse{"", "SELECT 1", needs, nil}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}); got != "PB"+"CPBECC"+"ES" {
+		t.Fatalf("sent %q", got)
+	}
+}
+
+func TestReservedParseName(t *testing.T) {
+	s := newSession()
+	got := extended(t, s, parse{injectName, "SELECT 1", needs, nil}, &pgproto3.Sync{})
+	if got != "PS" {
+		t.Fatalf("sent %q", got)
+	}
+	out := reply(t, s, &pgproto3.ErrorResponse{Severity: "ERROR", Code: "22P02", Message: `invalid input syntax for type integer: "pgmoat:m4rk"`}, rfq('I'))
+	var er pgproto3.ErrorResponse
+	if err := er.Decode(frames(t, out)[0][5:]); err != nil || er.Code != "42501" {
+		t.Fatalf("error %+v %v", er, err)
 	}
 }
