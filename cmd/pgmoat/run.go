@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"reflect"
 	"sync/atomic"
 	"time"
 
@@ -79,14 +80,16 @@ func runProxy(ctx context.Context, cfg *config.Config, configPath string, logger
 	return err
 }
 
-// policyHolder keeps the current policy engine, rebuilt from a fresh catalog
-// snapshot periodically. A failed refresh keeps the previous engine.
+// policyHolder keeps the current policy engine, rebuilt when a periodic
+// catalog snapshot differs from the last one. A failed refresh keeps the
+// previous engine.
 type policyHolder struct {
 	cfg       *config.Config
 	connector *proxy.PgConnector
 	log       *slog.Logger
 	engine    atomic.Pointer[policy.Engine]
 	lastErr   atomic.Pointer[error]
+	cat       *policy.Catalog // the current engine's; only refresh touches it
 }
 
 func (p *policyHolder) refresh(ctx context.Context) error {
@@ -100,15 +103,27 @@ func (p *policyHolder) refresh(ctx context.Context) error {
 }
 
 func (p *policyHolder) load(ctx context.Context) error {
-	e, err := proxy.LoadEngine(ctx, p.connector, p.cfg)
+	conn, err := p.connector.Open(ctx)
 	if err != nil {
 		return err
 	}
-	if p.engine.Load() == nil {
+	defer conn.Close(context.Background())
+	cat, err := proxy.LoadCatalog(ctx, conn, p.cfg.Policy.TenantSetting)
+	if err != nil {
+		return err
+	}
+	if p.cat != nil && reflect.DeepEqual(cat, p.cat) {
+		return nil // keep the engine and its warm decision cache
+	}
+	e := policy.NewEngine(proxy.PolicyRules(p.cfg), cat, p.cfg.Policy.CacheSize)
+	if p.engine.Load() != nil {
+		p.log.Info("catalog changed; policy rebuilt", "relations", len(cat.Relations), "functions", len(cat.Functions))
+	} else {
 		for _, f := range e.Findings() {
 			p.log.Warn("policy finding", "finding", f)
 		}
 	}
+	p.cat = cat
 	p.engine.Store(e)
 	return nil
 }
