@@ -66,14 +66,41 @@ func demoCatalog(t testing.TB) *Catalog {
 	addRel(&Relation{Schema: "public", Name: "order_totals", Kind: 'm', DependsOn: []string{"public.orders"}})
 	addRel(&Relation{Schema: "public", Name: "remote_orders", Kind: 'f'})
 	addRel(&Relation{Schema: "public", Name: "pg_stat_statements", Kind: 'v'})
+	// A view declared shared in the rules, and views over what tenants may
+	// not read.
+	addRel(&Relation{Schema: "public", Name: "shared_view", Kind: 'v', DependsOn: []string{"public.plans"}})
+	addRel(&Relation{Schema: "public", Name: "invoker_over_definer", Kind: 'v', SecurityInvoker: true, DependsOn: []string{"public.orders_definer_view"}})
+	addRel(&Relation{Schema: "public", Name: "events_2025_view", Kind: 'v', SecurityInvoker: true, DependsOn: []string{"public.events_2025"}})
 
-	addFn(&Function{Schema: "public", Name: "do_thing", Kind: 'f'})
-	addFn(&Function{Schema: "public", Name: "elevated", Kind: 'f', SecurityDefiner: true})
-	addFn(&Function{Schema: "public", Name: "safe_fn", Kind: 'f'})
-	addFn(&Function{Schema: "public", Name: "trusted_definer", Kind: 'f', SecurityDefiner: true})
-	addFn(&Function{Schema: "public", Name: "untrusted_definer", Kind: 'f', SecurityDefiner: true})
-	addFn(&Function{Schema: "public", Name: "process_orders", Kind: 'p'})
-	addFn(&Function{Schema: "public", Name: "purge", Kind: 'p'})
+	// Partitions and inheritance children: protected only if they are
+	// themselves, whatever their parent.
+	partition := func(name, parent string, prot bool) *Relation {
+		r := &Relation{Schema: "public", Name: name, Kind: 'r', TenantColumn: true, IsPartition: true, Parents: []string{parent}}
+		r.RowSecurity, r.ForceRowSecurity, r.TenantPolicy = prot, prot, prot
+		return r
+	}
+	addRel(partition("events_2024", "public.events", true))
+	addRel(partition("events_2025", "public.events", false))
+	addRel(&Relation{Schema: "public", Name: "raw_events", Kind: 'p', TenantColumn: true})
+	addRel(partition("raw_events_acme", "public.raw_events", true))
+	child := func(name string, prot bool) *Relation {
+		r := partition(name, "public.orders", prot)
+		r.IsPartition = false
+		return r
+	}
+	addRel(child("orders_2023", true))
+	addRel(child("orders_archive", false))
+	// A policy that reads a setting besides the tenant setting.
+	cat.PolicySettings = []string{"App.Bypass_RLS", testSetting}
+
+	addFn(&Function{Schema: "public", Name: "do_thing", Kind: 'f', Volatile: true})
+	addFn(&Function{Schema: "public", Name: "elevated", Kind: 'f', SecurityDefiner: true, Volatile: true})
+	addFn(&Function{Schema: "public", Name: "safe_fn", Kind: 'f', Volatile: true})
+	addFn(&Function{Schema: "public", Name: "stable_fn", Kind: 'f'})
+	addFn(&Function{Schema: "public", Name: "trusted_definer", Kind: 'f', SecurityDefiner: true, Volatile: true})
+	addFn(&Function{Schema: "public", Name: "untrusted_definer", Kind: 'f', SecurityDefiner: true, Volatile: true})
+	addFn(&Function{Schema: "public", Name: "process_orders", Kind: 'p', Volatile: true})
+	addFn(&Function{Schema: "public", Name: "purge", Kind: 'p', Volatile: true})
 	addFn(&Function{Schema: "public", Name: "md5", Kind: 'f'}) // shadows pg_catalog.md5
 	addFn(&Function{Schema: "public", Name: "dblink", Kind: 'f'})
 	addFn(&Function{Schema: "public", Name: "dblink_exec", Kind: 'f'})
@@ -86,9 +113,10 @@ func demoRules() Rules {
 	return Rules{
 		TenantSetting: testSetting,
 		Protected:     []string{"legacy", "public.audit_raw", "public.missing"},
-		Shared:        map[string]bool{"public.plans": false, "feature_flags": true, "public.gone": false},
+		Shared:        map[string]bool{"public.plans": false, "feature_flags": true, "public.gone": false, "shared_view": false},
 		AllowFunctions: map[string]bool{
 			"public.safe_fn":           false,
+			"public.stable_fn":         false,
 			"public.trusted_definer":   true,
 			"public.untrusted_definer": false,
 			"public.process_orders":    false,

@@ -119,6 +119,11 @@ func checkViolation(t *testing.T, sql string, d *Decision, v *Violation) {
 	if !strings.HasPrefix(v.Message, "pgmoat: ") || strings.Contains(v.Message, "\n") {
 		t.Errorf("message %q: want one line starting with \"pgmoat: \"", v.Message)
 	}
+	// A refusal says what was touched (issue 3, item 13).
+	norm := strings.NewReplacer("_", " ").Replace
+	if v.Object != "" && !strings.Contains(norm(strings.ToLower(v.Message)), norm(strings.ToLower(v.Object))) {
+		t.Errorf("message %q does not name the object %q", v.Message, v.Object)
+	}
 	want := "42501"
 	if v.Reason == ReasonParseError {
 		want = "42601"

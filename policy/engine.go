@@ -47,7 +47,10 @@ type Engine struct {
 	protected map[string]bool // declared protected, normalised "schema.name"
 	shared    map[string]bool // normalised "schema.name" -> writable
 	allowFn   map[string]bool // normalised "schema.name" -> trusted
-	findings  []string
+	// policySettings are Catalog.PolicySettings (lower case), without the
+	// tenant setting.
+	policySettings map[string]bool
+	findings       []string
 
 	cache        *lru.Cache[string, *entry] // nil when caching is disabled
 	hits, misses atomic.Uint64
@@ -92,6 +95,12 @@ func NewEngine(r Rules, cat *Catalog, cacheSize int) *Engine {
 	}
 	for name, trusted := range r.AllowFunctions {
 		e.allowFn[qualify(name)] = trusted
+	}
+	e.policySettings = make(map[string]bool, len(cat.PolicySettings))
+	for _, name := range cat.PolicySettings {
+		if name = strings.ToLower(name); name != e.setting {
+			e.policySettings[name] = true
+		}
 	}
 	if cacheSize > 0 {
 		c, err := lru.New[string, *entry](cacheSize)

@@ -34,7 +34,9 @@ var deniedBuiltins = setOf(
 	"pg_blocking_pids", "pg_safe_snapshot_blocking_pids", "pg_isolation_test_session_is_blocked",
 	"pg_lock_status", "pg_prepared_xact",
 	// notifications: channels are shared by all tenants
-	"pg_notify",
+	"pg_notify", "pg_notification_queue_usage",
+	// commit times of every tenant's transactions
+	"pg_last_committed_xact", "pg_xact_commit_timestamp", "pg_xact_commit_timestamp_origin",
 )
 
 // deniedBuiltinPrefixes extend deniedBuiltins to families of functions.
@@ -43,7 +45,8 @@ var deniedBuiltinPrefixes = []string{
 	"lo_",                              // large objects
 	"pg_advisory_", "pg_try_advisory_", // advisory locks
 	"pg_create_", "pg_copy_", "pg_logical_", "pg_replication_", "pg_backup_", "pg_wal_replay_", // replication, backup
-	"pg_stat_", // statistics and activity (pg_stat_get_*, pg_stat_reset*, ...)
+	"pg_stat_",   // statistics and activity (pg_stat_get_*, pg_stat_reset*, ...)
+	"pg_rotate_", // log files
 }
 
 // deniedAnywherePrefixes are extension functions refused in whatever schema
@@ -143,4 +146,52 @@ func (e *Engine) checkUserFunction(key string, fn *Function) *Violation {
 
 func deniedFunction(key, why string) *Violation {
 	return newViolation(ReasonFunction, key, fmt.Sprintf("pgmoat: function %q is not allowed: %s", key, why), "")
+}
+
+// functionClass describes how the policy sees the function key (fn is its
+// catalog entry, nil if none), for pgmoat explain.
+func (e *Engine) functionClass(key string, fn *Function) string {
+	schema, name, qualified := strings.Cut(key, ".")
+	if !qualified {
+		name = schema
+	}
+	for _, p := range deniedAnywherePrefixes {
+		if strings.HasPrefix(name, p) {
+			return "refused everywhere (runs SQL or exposes other sessions)"
+		}
+	}
+	if qualified && isSystemSchema(schema) {
+		switch {
+		case deniedBuiltin(name):
+			return "built-in, refused"
+		case fn == nil:
+			return "unknown built-in"
+		}
+		return "built-in"
+	}
+	what := "user function"
+	if fn != nil && fn.Kind == 'p' {
+		what = "user procedure"
+	}
+	var traits []string
+	if fn != nil {
+		if fn.SecurityDefiner {
+			traits = append(traits, "SECURITY DEFINER")
+		}
+		if fn.Volatile {
+			traits = append(traits, "volatile")
+		}
+	} else {
+		traits = append(traits, "not in the catalog")
+	}
+	trusted, allowed := e.allowFn[key]
+	switch {
+	case !allowed:
+		traits = append(traits, "not allowed")
+	case trusted:
+		traits = append(traits, "allowed, trusted")
+	default:
+		traits = append(traits, "allowed")
+	}
+	return what + ", " + strings.Join(traits, ", ")
 }

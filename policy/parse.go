@@ -20,10 +20,19 @@ import (
 )
 
 // analyze parses sql and decides it for every kind of session.
-func (e *Engine) analyze(sql string) *entry {
+func (e *Engine) analyze(sql string) *entry { return e.analyzeWith(sql, nil) }
+
+// analyzeWith is analyze, recording what it finds in x if x is not nil
+// (for Explain). With x the walk goes on after the first violation, so
+// that every object is listed; the decision is the same.
+func (e *Engine) analyzeWith(sql string, x *Explanation) *entry {
 	tree, err := pg_query.Parse(sql)
 	if err != nil {
-		return parseErrorEntry(sql, err)
+		en := parseErrorEntry(sql, err)
+		if x != nil {
+			x.Statements = append(x.Statements, ExplainedStmt{Text: sql})
+		}
+		return en
 	}
 	d := &Decision{Stmts: make([]Stmt, len(tree.Stmts))}
 	for i, raw := range tree.Stmts {
@@ -33,17 +42,23 @@ func (e *Engine) analyze(sql string) *entry {
 			end = start + int(raw.StmtLen)
 		}
 		d.Stmts[i] = Stmt{Start: start, End: end, Class: classOf(raw.Stmt)}
+		if x != nil {
+			x.Statements = append(x.Statements, ExplainedStmt{Text: sql[start:end], Command: commandOf(raw.Stmt)})
+		}
 	}
 
-	a := &analysis{e: e, created: map[string]bool{}, tempSeen: map[string]bool{}}
+	a := &analysis{e: e, x: x, created: map[string]bool{}, tempSeen: map[string]bool{}}
 	for i, raw := range tree.Stmts {
 		a.stmt = i
 		a.checkStmt(raw.Stmt, 0)
-		if a.v == nil {
+		if a.v == nil || x != nil {
 			a.walk(raw.Stmt)
 		}
 		if a.v != nil {
-			break // later statements never run
+			if x == nil {
+				break // later statements never run
+			}
+			continue // explaining: list the rest, but it creates nothing
 		}
 		for _, name := range a.pending {
 			if !a.created[name] {
@@ -157,14 +172,17 @@ func copyFromStdin(c *pg_query.CopyStmt) bool {
 // analysis is the state of deciding one text.
 type analysis struct {
 	e    *Engine
-	stmt int        // index of the statement being analysed
-	v    *Violation // first violation for every tenant session
-	ro   *Violation // first violation that only read-only sessions get
+	x    *Explanation // nil unless explaining
+	stmt int          // index of the statement being analysed
+	v    *Violation   // first violation for every tenant session
+	ro   *Violation   // first violation that only read-only sessions get
 
-	temps    []tempRef       // names the session must have created, first use each
-	tempSeen map[string]bool // names in temps
-	created  map[string]bool // temporary tables created by earlier statements of the text
-	pending  []string        // temporary tables the current statement creates
+	temps []tempRef // names the session must have created, first use each
+	// tempAccess is the Object.Access of the next needTemp (explain only).
+	tempAccess string
+	tempSeen   map[string]bool // names in temps
+	created    map[string]bool // temporary tables created by earlier statements of the text
+	pending    []string        // temporary tables the current statement creates
 }
 
 // fail records v as the violation of the current statement at pos (a
@@ -179,6 +197,15 @@ func (a *analysis) fail(v *Violation, pos int32) {
 		v.Pos = -1
 	}
 	a.v = v
+}
+
+// trace records o, found in the current statement, when explaining.
+func (a *analysis) trace(o Object) {
+	if a.x == nil {
+		return
+	}
+	o.Stmt = a.stmt
+	a.x.Objects = append(a.x.Objects, o)
 }
 
 // readOnly records that what (e.g. "INSERT") is refused to read-only
@@ -196,6 +223,17 @@ func (a *analysis) readOnly(what string, pos int32) {
 // with the violation v if it is not. A table created earlier in the same
 // text needs nothing.
 func (a *analysis) needTemp(name string, v *Violation, pos int32) {
+	if a.x != nil {
+		o := Object{Kind: ObjectRelation, Name: "pg_temp." + name, Access: a.tempAccess,
+			Class: "temporary table created earlier in this text", Pos: max(int(pos), -1)}
+		if !a.created[name] {
+			o.Class, o.temp = "not in the catalog: must be a temporary table of this session", name
+			o.setVerdict(v)
+		} else {
+			o.setVerdict(nil)
+		}
+		a.trace(o)
+	}
 	if a.created[name] || a.tempSeen[name] {
 		return
 	}
@@ -219,7 +257,13 @@ func (a *analysis) checkStmt(n *pg_query.Node, depth int) {
 	case *pg_query.Node_SelectStmt, *pg_query.Node_InsertStmt, *pg_query.Node_UpdateStmt,
 		*pg_query.Node_DeleteStmt, *pg_query.Node_MergeStmt:
 		// walk checks them, read-only included (they also hide in CTEs)
-	case *pg_query.Node_VariableShowStmt, *pg_query.Node_DiscardStmt, *pg_query.Node_CallStmt:
+	case *pg_query.Node_VariableShowStmt, *pg_query.Node_DiscardStmt:
+	case *pg_query.Node_ConstraintsSetStmt:
+		// SET CONSTRAINTS only changes when this transaction's deferrable
+		// constraints are checked; its names are constraints, not relations.
+	case *pg_query.Node_CallStmt:
+		// The procedure itself is checked by walk, as a function call.
+		a.readOnly("CALL", -1)
 	case *pg_query.Node_TransactionStmt:
 		switch s.TransactionStmt.Kind {
 		case pg_query.TransactionStmtKind_TRANS_STMT_PREPARE,
@@ -351,7 +395,19 @@ func (a *analysis) checkSet(s *pg_query.VariableSetStmt) {
 			values = append(values, v)
 		}
 	}
-	if v := a.e.checkSetting(kind, s.Name, values); v != nil {
+	v := a.e.checkSetting(kind, s.Name, values)
+	if a.x != nil {
+		o := Object{Kind: ObjectSetting, Name: strings.ToLower(s.Name), Access: "set", Class: "setting", Pos: -1}
+		switch kind {
+		case setReset, setDefault:
+			o.Access = "reset"
+		case setResetAll:
+			o.Name, o.Access = "all", "reset"
+		}
+		o.setVerdict(v)
+		a.trace(o)
+	}
+	if v != nil {
 		a.fail(v, -1)
 	}
 }
@@ -399,8 +455,33 @@ func (a *analysis) checkCreateTemp(s *pg_query.CreateStmt) {
 			"pgmoat: a temporary table may not be partitioned or inherit from another table", ""), s.Relation.Location)
 		return
 	}
-	a.readOnly("CREATE TEMPORARY TABLE", s.Relation.Location)
-	a.pending = append(a.pending, s.Relation.Relname)
+	a.createTemp(s.Relation)
+}
+
+// createTemp records a temporary table the statement creates. Its name
+// must not be one that unqualified names resolve to in the catalog: the
+// server looks in the session's temporary schema first, so the table would
+// change what such names mean behind the policy's back.
+func (a *analysis) createTemp(rel *pg_query.RangeVar) {
+	name := rel.Relname
+	var v *Violation
+	if key, _, shadows := a.e.resolveRelation(name); shadows {
+		v = newViolation(ReasonDDL, name,
+			fmt.Sprintf("pgmoat: temporary table %q would hide relation %q from unqualified names", name, key),
+			"choose a name that no relation on the search path has")
+	}
+	if a.x != nil {
+		o := Object{Kind: ObjectRelation, Name: "pg_temp." + name, Access: "create",
+			Class: "temporary table, created here", Pos: max(int(rel.Location), -1)}
+		o.setVerdict(v)
+		a.trace(o)
+	}
+	if v != nil {
+		a.fail(v, rel.Location)
+		return
+	}
+	a.readOnly("CREATE TEMPORARY TABLE", rel.Location)
+	a.pending = append(a.pending, name)
 }
 
 // checkDrop allows DROP TABLE of the session's temporary tables only.
@@ -418,10 +499,12 @@ func (a *analysis) checkDrop(n *pg_query.Node, s *pg_query.DropStmt) {
 		case ok && len(parts) == 2 && parts[0] == "pg_temp":
 			name = parts[1]
 		default:
-			a.fail(newViolation(ReasonDDL, strings.Join(parts, "."),
-				"pgmoat: DROP TABLE is allowed only for temporary tables of this session", ""), -1)
+			name := strings.Join(parts, ".")
+			a.fail(newViolation(ReasonDDL, name,
+				fmt.Sprintf("pgmoat: DROP TABLE %q is not allowed: only temporary tables of this session may be dropped", name), ""), -1)
 			return
 		}
+		a.tempAccess = "drop"
 		a.needTemp(name, newViolation(ReasonDDL, name,
 			fmt.Sprintf("pgmoat: DROP TABLE %q is not allowed: it is not a temporary table of this session", name), ""), -1)
 	}
@@ -474,8 +557,12 @@ func (a *analysis) walk(n *pg_query.Node) {
 			a.readOnly("DELETE", x.GetRelation().GetLocation())
 		case *pg_query.MergeStmt:
 			a.readOnly("MERGE", x.GetRelation().GetLocation())
+		case *pg_query.TypeCast:
+			if a.x != nil {
+				a.traceRegclass(x)
+			}
 		}
-		if a.v != nil {
+		if a.v != nil && a.x == nil {
 			return protorange.Terminate
 		}
 		return nil
@@ -619,6 +706,8 @@ func (a *analysis) rangeVar(rv *pg_query.RangeVar, p protopath.Values) {
 			}
 		case *pg_query.LockingClause:
 			return // FOR UPDATE OF names FROM items, not relations
+		case *pg_query.ConstraintsSetStmt:
+			return // constraint names
 		case *pg_query.InsertStmt, *pg_query.UpdateStmt, *pg_query.DeleteStmt, *pg_query.MergeStmt:
 			if parent.field == "relation" {
 				acc, target = accessWrite, true
@@ -636,28 +725,79 @@ func (a *analysis) rangeVar(rv *pg_query.RangeVar, p protopath.Values) {
 	}
 
 	name := rv.Relname
+	var key string
+	var rel *Relation
 	switch rv.Schemaname {
 	case "":
 		// The target of INSERT/UPDATE/DELETE/MERGE is never a WITH query.
 		if !target && isCTE(name, fs) {
+			a.trace(Object{Kind: ObjectRelation, Name: name, Access: acc.String(), Class: "WITH query", Allowed: true, Pos: int(rv.Location)})
 			return
 		}
-		key, rel, ok := a.e.resolveRelation(name)
-		if !ok {
+		var ok bool
+		if key, rel, ok = a.e.resolveRelation(name); !ok {
+			a.tempAccess = acc.String()
 			a.needTemp(name, unknownTemp(name), rv.Location)
 			return
 		}
-		if v := a.e.checkRelation(key, rel, acc); v != nil {
-			a.fail(v, rv.Location)
-		}
 	case "pg_temp":
+		a.tempAccess = acc.String()
 		a.needTemp(name, unknownTemp("pg_temp."+name), rv.Location)
+		return
 	default:
-		key := rv.Schemaname + "." + name
-		if v := a.e.checkRelation(key, a.e.cat.Relations[key], acc); v != nil {
-			a.fail(v, rv.Location)
-		}
+		key = rv.Schemaname + "." + name
+		rel = a.e.cat.Relations[key]
 	}
+	v := a.e.checkRelation(key, rel, acc)
+	if a.x != nil {
+		a.traceRelation(key, rel, acc.String(), "", v, rv.Location, 0)
+	}
+	if v != nil {
+		a.fail(v, rv.Location)
+	}
+}
+
+// traceRelation records a relation for Explain, and what it reads if it
+// is a view (reached via the view).
+func (a *analysis) traceRelation(key string, rel *Relation, acc, via string, v *Violation, pos int32, depth int) {
+	o := Object{Kind: ObjectRelation, Name: key, Access: acc, Class: a.e.relationClass(key, rel), Via: via, Pos: max(int(pos), -1)}
+	o.setVerdict(v)
+	a.trace(o)
+	if rel == nil || (rel.Kind != 'v' && rel.Kind != 'm') || depth >= maxViewDepth {
+		return
+	}
+	for _, dep := range rel.DependsOn {
+		dr := a.e.cat.Relations[dep]
+		a.traceRelation(dep, dr, acc, key, a.e.checkRelation(dep, dr, accessFromString(acc)), pos, depth+1)
+	}
+	for _, fn := range rel.Functions {
+		schema, name, _ := strings.Cut(fn, ".")
+		fkey, fv := a.e.checkFunction(schema, name)
+		o := Object{Kind: ObjectFunction, Name: fkey, Access: "call", Class: a.e.functionClass(fkey, a.e.cat.Functions[fkey]), Via: key, Pos: max(int(pos), -1)}
+		o.setVerdict(fv)
+		a.trace(o)
+	}
+}
+
+// traceRegclass records a constant name cast to regclass. The cast only
+// looks the name up (an unknown name is a server error), so it is allowed
+// whatever the relation is; what reads the relation through its OID is a
+// function, checked on its own.
+func (a *analysis) traceRegclass(tc *pg_query.TypeCast) {
+	names, _ := stringList(tc.GetTypeName().GetNames())
+	if len(names) == 0 || names[len(names)-1] != "regclass" {
+		return
+	}
+	lit, ok := constString(tc.Arg)
+	if !ok {
+		return
+	}
+	parts, ok := parseQualifiedName(lit)
+	if !ok {
+		return
+	}
+	key, rel := a.e.lookupName(parts)
+	a.trace(Object{Kind: ObjectRelation, Name: key, Access: "regclass", Class: a.e.relationClass(key, rel), Allowed: true, Pos: int(tc.Location)})
 }
 
 // funcCall checks one function call.
@@ -672,9 +812,20 @@ func (a *analysis) funcCall(fc *pg_query.FuncCall) {
 		schema = parts[len(parts)-2]
 	}
 	key, v := a.e.checkFunction(schema, name)
+	fn := a.e.cat.Functions[key]
+	if a.x != nil {
+		o := Object{Kind: ObjectFunction, Name: key, Access: "call", Class: a.e.functionClass(key, fn), Pos: int(fc.Location)}
+		o.setVerdict(v)
+		a.trace(o)
+	}
 	if v != nil {
 		a.fail(v, fc.Location)
 		return
+	}
+	if s, _, _ := strings.Cut(key, "."); !isSystemSchema(s) && (fn == nil || fn.Volatile || fn.Kind == 'p') {
+		// A volatile user function may write; stable and immutable ones
+		// run their queries read-only.
+		a.readOnly(fmt.Sprintf("calling volatile function %q", key), fc.Location)
 	}
 	switch key {
 	case "pg_catalog.nextval":
@@ -710,20 +861,28 @@ func (a *analysis) sequenceArg(fn string, fc *pg_query.FuncCall) {
 			fmt.Sprintf("pgmoat: %s needs a constant sequence name", fn), ""), fc.Location)
 		return
 	}
-	var key string
-	var rel *Relation
-	switch len(parts) {
-	case 1:
-		if key, rel, ok = a.e.resolveRelation(parts[0]); !ok {
-			key = parts[0]
-		}
-	default:
-		key = parts[len(parts)-2] + "." + parts[len(parts)-1]
-		rel = a.e.cat.Relations[key]
+	key, rel := a.e.lookupName(parts)
+	v := a.e.checkRelation(key, rel, accessRead)
+	if a.x != nil {
+		access := strings.TrimPrefix(fn, pgCatalog+".")
+		a.traceRelation(key, rel, access, "", v, fc.Location, 0)
 	}
-	if v := a.e.checkRelation(key, rel, accessRead); v != nil {
+	if v != nil {
 		a.fail(v, fc.Location)
 	}
+}
+
+// lookupName resolves a name given as text (parseQualifiedName's parts) to
+// a catalog key and entry (nil if none; then key is the name as given).
+func (e *Engine) lookupName(parts []string) (string, *Relation) {
+	if len(parts) == 1 {
+		if key, rel, ok := e.resolveRelation(parts[0]); ok {
+			return key, rel
+		}
+		return parts[0], nil
+	}
+	key := parts[len(parts)-2] + "." + parts[len(parts)-1]
+	return key, e.cat.Relations[key]
 }
 
 // parseQualifiedName splits a name given as text ('public."Foo"') the way
@@ -780,8 +939,13 @@ func (a *analysis) operator(name []*pg_query.Node, pos int32) {
 	if ok && parts[len(parts)-2] == pgCatalog {
 		return
 	}
-	a.fail(newViolation(ReasonFunction, strings.Join(parts, "."),
-		fmt.Sprintf("pgmoat: operator %q is not allowed: only pg_catalog operators may be named with a schema", strings.Join(parts, ".")), ""), pos)
+	op := strings.Join(parts, ".")
+	v := newViolation(ReasonFunction, op,
+		fmt.Sprintf("pgmoat: operator %q is not allowed: only pg_catalog operators may be named with a schema", op), "")
+	o := Object{Kind: ObjectOperator, Name: op, Access: "call", Class: "user operator", Pos: max(int(pos), -1)}
+	o.setVerdict(v)
+	a.trace(o)
+	a.fail(v, pos)
 }
 
 // into checks the target of SELECT INTO / CREATE TABLE AS: temporary only.
@@ -791,8 +955,7 @@ func (a *analysis) into(ic *pg_query.IntoClause) {
 			"pgmoat: creating a table is not allowed (DDL); only temporary tables may be created", ""), ic.GetRel().GetLocation())
 		return
 	}
-	a.readOnly("CREATE TEMPORARY TABLE", ic.Rel.Location)
-	a.pending = append(a.pending, ic.Rel.Relname)
+	a.createTemp(ic.Rel)
 }
 
 // parses reports whether sql parses; for tests that must not depend on the
@@ -800,4 +963,20 @@ func (a *analysis) into(ic *pg_query.IntoClause) {
 func parses(sql string) bool {
 	_, err := pg_query.Parse(sql)
 	return err == nil
+}
+
+// commandOf names a top-level statement for Explain, e.g. "SELECT".
+func commandOf(n *pg_query.Node) string {
+	switch name := nodeName(n); name {
+	case "VariableSetStmt":
+		return "SET"
+	case "VariableShowStmt":
+		return "SHOW"
+	case "TransactionStmt":
+		return "TRANSACTION CONTROL"
+	case "ConstraintsSetStmt":
+		return "SET CONSTRAINTS"
+	default:
+		return statementTag(name)
+	}
 }

@@ -190,9 +190,85 @@ func (e *Engine) checkRelationDepth(key string, rel *Relation, acc access, depth
 		return newViolation(ReasonUnprotectedRelation, key,
 			fmt.Sprintf("pgmoat: sequence %q is not owned by a table protected by row-level security", key), "")
 	}
+	if len(rel.Parents) > 0 {
+		// PostgreSQL applies the policies of the table a query names, not
+		// those of its parent: a child queried directly has only its own.
+		what := "partition"
+		if !rel.IsPartition {
+			what = "child table"
+		}
+		return newViolation(ReasonUnprotectedRelation, key,
+			fmt.Sprintf("pgmoat: %s %q of %q is not itself protected by row-level security", what, key, rel.Parents[0]),
+			fmt.Sprintf("query it through %q (whose policies then apply to its rows), or enable and force row-level security with a policy on %s on it", rel.Parents[0], e.setting))
+	}
 	return newViolation(ReasonUnprotectedRelation, key,
 		fmt.Sprintf("pgmoat: relation %q is not protected by row-level security", key),
 		fmt.Sprintf("enable and force row-level security with a policy on %s, or declare it shared", e.setting))
+}
+
+// relationClass describes how the policy sees the relation key (rel is its
+// catalog entry, nil if none), for pgmoat explain.
+func (e *Engine) relationClass(key string, rel *Relation) string {
+	schema, name, _ := strings.Cut(key, ".")
+	if isSystemSchema(schema) || strings.HasPrefix(name, "pg_stat_statements") {
+		if allowedCatalogs[key] {
+			return "system catalog, allowed (read-only)"
+		}
+		return "system catalog, refused"
+	}
+	if writable, ok := e.shared[key]; ok {
+		if writable {
+			return "shared, writable"
+		}
+		return "shared, read-only"
+	}
+	if rel == nil {
+		return "unknown"
+	}
+	var family string
+	switch {
+	case len(rel.Parents) > 0 && rel.IsPartition:
+		family = ", partition of " + rel.Parents[0]
+	case len(rel.Parents) > 0:
+		family = ", inherits from " + strings.Join(rel.Parents, ", ")
+	}
+	if e.isProtected(key, rel) {
+		if rel.Kind == 'p' {
+			return "protected by row-level security (partitioned: its policies cover every partition)" + family
+		}
+		return "protected by row-level security" + family
+	}
+	switch rel.Kind {
+	case 'v':
+		if rel.SecurityInvoker {
+			return "view, security_invoker"
+		}
+		return "view with its owner's rights (not security_invoker)"
+	case 'm':
+		return "materialized view"
+	case 'S':
+		if rel.OwnedBy == "" {
+			return "sequence owned by no table"
+		}
+		if e.isProtected(rel.OwnedBy, e.cat.Relations[rel.OwnedBy]) {
+			return "sequence owned by " + rel.OwnedBy + " (protected)"
+		}
+		return "sequence owned by " + rel.OwnedBy + " (not protected)"
+	case 'f':
+		return "foreign table, unprotected"
+	case 'r', 'p':
+		var why string
+		switch {
+		case !rel.RowSecurity:
+			why = "row-level security not enabled"
+		case !rel.ForceRowSecurity && !e.protected[key]:
+			why = "row-level security not forced"
+		default:
+			why = "no policy on " + e.setting
+		}
+		return "unprotected: " + why + family
+	}
+	return fmt.Sprintf("unprotected (relkind %q)", string(rune(rel.Kind)))
 }
 
 // newViolation returns a policy violation (SQLSTATE 42501) with an unknown

@@ -40,6 +40,10 @@ func (e *Engine) checkSetting(kind setKind, name string, values []string) *Viola
 		return newViolation(ReasonTenantSetting, name,
 			fmt.Sprintf("pgmoat: setting %q is managed by pgmoat and cannot be changed", name), "")
 	}
+	if e.policySettings[name] {
+		return newViolation(ReasonTenantSetting, name,
+			fmt.Sprintf("pgmoat: setting %q is read by a row-level security policy and cannot be changed through pgmoat", name), "")
+	}
 	if reason, ok := refusedSettings[name]; ok {
 		if reason == ReasonRole {
 			return newViolation(reason, name, fmt.Sprintf("pgmoat: SET/RESET %s is not allowed: every tenant uses pgmoat's role",
@@ -61,13 +65,7 @@ func (e *Engine) checkSetting(kind setKind, name string, values []string) *Viola
 			return false
 		}
 	case "client_encoding":
-		ok = func(v string) bool {
-			switch strings.ToLower(v) {
-			case "utf8", "utf-8", "unicode":
-				return true
-			}
-			return false
-		}
+		ok = func(v string) bool { return safeEncodings[cleanEncodingName(v)] }
 	default:
 		return nil
 	}
@@ -76,4 +74,37 @@ func (e *Engine) checkSetting(kind setKind, name string, values []string) *Viola
 			fmt.Sprintf("pgmoat: setting %q may only be set to its safe value through pgmoat", name), "")
 	}
 	return nil
+}
+
+// safeEncodings are the client encodings (as cleanEncodingName spells them)
+// in which every byte below 0x80 is the ASCII character it looks like, so
+// that pg_query (which reads the text as UTF-8) and the server split quotes,
+// semicolons and comments at the same places. SJIS, BIG5, GBK, UHC, GB18030
+// and JOHAB are left out: an ASCII byte can be the second byte of one of
+// their characters.
+var safeEncodings = setOf(
+	"utf8", "unicode", "sqlascii",
+	"latin1", "latin2", "latin3", "latin4", "latin5", "latin6", "latin7", "latin8", "latin9", "latin10",
+	"iso88591", "iso88592", "iso88593", "iso88594", "iso88599", "iso885910",
+	"iso885913", "iso885914", "iso885915", "iso885916",
+	"win1250", "win1251", "win1252", "win1253", "win1254", "win1255", "win1256", "win1257", "win1258",
+	"windows1250", "windows1251", "windows1252", "windows1253", "windows1254", "windows1255",
+	"windows1256", "windows1257", "windows1258",
+)
+
+// cleanEncodingName normalises an encoding name the way PostgreSQL's
+// clean_encoding_name does before looking it up: lower case, only letters
+// and digits.
+func cleanEncodingName(name string) string {
+	var b strings.Builder
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case 'a' <= c && c <= 'z', '0' <= c && c <= '9':
+			b.WriteByte(c)
+		case 'A' <= c && c <= 'Z':
+			b.WriteByte(c + 'a' - 'A')
+		}
+	}
+	return b.String()
 }

@@ -35,7 +35,8 @@ SELECT n.nspname, c.relname, c.relkind::text, c.relrowsecurity, c.relforcerowsec
        EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
                WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped),
        coalesce(pg_catalog.lower((SELECT o.option_value FROM pg_catalog.pg_options_to_table(c.reloptions) o
-               WHERE o.option_name = 'security_invoker')) IN ('true', 'on', 'yes', '1'), false)
+               WHERE o.option_name = 'security_invoker')) IN ('true', 'on', 'yes', '1'), false),
+       c.relispartition
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
@@ -76,8 +77,34 @@ WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
   AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
   AND d.deptype IN ('a', 'i')`
 
+	// Inheritance parents and partitioned parents, in declaration order.
+	// Partitioned indexes are listed too; they are not relations the
+	// snapshot keeps, so they are dropped.
+	parentsQuery = `
+SELECT cn.nspname || '.' || c.relname, pn.nspname || '.' || p.relname
+FROM pg_catalog.pg_inherits i
+JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace
+JOIN pg_catalog.pg_class p ON p.oid = i.inhparent
+JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace
+ORDER BY i.inhrelid, i.inhseqno`
+
+	// Settings other than the tenant setting ($1) that row-level security
+	// policies read with a constant current_setting('name'), as
+	// pg_get_expr prints it.
+	policySettingsQuery = `
+SELECT DISTINCT pg_catalog.lower(m[1])
+FROM pg_catalog.pg_policy p,
+     pg_catalog.regexp_matches(
+       coalesce(pg_catalog.pg_get_expr(p.polqual, p.polrelid), '') || ' ' ||
+       coalesce(pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid), ''),
+       'current_setting\(''([^'']+)''', 'g') AS m
+WHERE pg_catalog.lower(m[1]) <> $1
+ORDER BY 1`
+
 	functionsQuery = `
-SELECT n.nspname, p.proname, pg_catalog.bool_or(p.prosecdef), pg_catalog.min(p.prokind::text)
+SELECT n.nspname, p.proname, pg_catalog.bool_or(p.prosecdef), pg_catalog.min(p.prokind::text),
+       pg_catalog.bool_or(p.provolatile = 'v')
 FROM pg_catalog.pg_proc p
 JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
 GROUP BY n.nspname, p.proname`
@@ -106,6 +133,7 @@ func LoadCatalog(ctx context.Context, conn *pgconn.PgConn, tenantSetting string)
 			TenantPolicy:     isTrue(row[5]),
 			TenantColumn:     isTrue(row[6]),
 			SecurityInvoker:  isTrue(row[7]),
+			IsPartition:      isTrue(row[8]),
 		}
 		cat.Relations[r.Key()] = r
 	})
@@ -134,12 +162,27 @@ func LoadCatalog(ctx context.Context, conn *pgconn.PgConn, tenantSetting string)
 	if err != nil {
 		return nil, fmt.Errorf("load sequence owners: %w", err)
 	}
+	err = query(ctx, conn, parentsQuery, nil, func(row [][]byte) {
+		if r := cat.Relations[string(row[0])]; r != nil {
+			r.Parents = append(r.Parents, string(row[1]))
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load inheritance parents: %w", err)
+	}
+	err = query(ctx, conn, policySettingsQuery, [][]byte{[]byte(strings.ToLower(tenantSetting))}, func(row [][]byte) {
+		cat.PolicySettings = append(cat.PolicySettings, string(row[0]))
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load settings read by policies: %w", err)
+	}
 	err = query(ctx, conn, functionsQuery, nil, func(row [][]byte) {
 		f := &policy.Function{
 			Schema:          string(row[0]),
 			Name:            string(row[1]),
 			SecurityDefiner: isTrue(row[2]),
 			Kind:            row[3][0],
+			Volatile:        isTrue(row[4]),
 		}
 		cat.Functions[f.Key()] = f
 	})
