@@ -84,7 +84,7 @@ every key), overridden by PGMOAT_* environment variables and then by flags.`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
 	}
-	root.AddCommand(newRunCmd(), newCheckConfigCmd(), newVersionCmd())
+	root.AddCommand(newRunCmd(), newCheckCmd(), newCheckConfigCmd(), newExplainCmd(), newVersionCmd())
 	return root
 }
 

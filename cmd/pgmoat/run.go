@@ -45,6 +45,7 @@ func runProxy(ctx context.Context, cfg *config.Config, configPath string, logger
 	}
 	metrics.ObservePolicyCache(func() (uint64, uint64, int) { return pol.engine.Load().CacheStats() })
 	go pol.refreshEvery(ctx, cfg.Policy.CatalogRefresh)
+	logAudit(ctx, connector, cfg, logger)
 
 	httpLn, err := net.Listen("tcp", cfg.MetricsListen)
 	if err != nil {
