@@ -15,15 +15,22 @@ import (
 const (
 	searchPathQuery = `SELECT s FROM pg_catalog.unnest(pg_catalog.current_schemas(true)) AS s`
 
+	// roleQuery: RLS does not apply to a superuser or a BYPASSRLS role.
+	roleQuery = `SELECT rolname, rolsuper OR rolbypassrls FROM pg_catalog.pg_roles WHERE rolname = current_user`
+
 	// A relation's TenantPolicy: some permissive policy applies to the
-	// current role, and every permissive policy that does mentions the
-	// tenant setting ($1) in USING or WITH CHECK.
+	// current role, and every permissive policy that does names the tenant
+	// setting ($1, as a quoted literal) in each expression PostgreSQL
+	// applies for its commands: USING for reads, updates and deletes; WITH
+	// CHECK (USING when absent) for inserts and updates. A policy with
+	// USING (true) and a tenant WITH CHECK lets every tenant read every row.
 	relationsQuery = `
 WITH pol AS (
   SELECT p.polrelid,
-         pg_catalog.strpos(pg_catalog.lower(
-           coalesce(pg_catalog.pg_get_expr(p.polqual, p.polrelid), '') || ' ' ||
-           coalesce(pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid), '')), $1) > 0 AS tenant
+         (p.polcmd NOT IN ('*', 'r', 'w', 'd') OR pg_catalog.strpos(pg_catalog.lower(
+            coalesce(pg_catalog.pg_get_expr(p.polqual, p.polrelid), '')), $1) > 0)
+     AND (p.polcmd NOT IN ('*', 'a', 'w') OR pg_catalog.strpos(pg_catalog.lower(
+            coalesce(pg_catalog.pg_get_expr(coalesce(p.polwithcheck, p.polqual), p.polrelid), '')), $1) > 0) AS tenant
   FROM pg_catalog.pg_policy p
   WHERE p.polpermissive
     AND (0 = ANY (p.polroles) OR EXISTS (
@@ -63,7 +70,8 @@ JOIN pg_catalog.pg_depend dep ON dep.classid = 'pg_catalog.pg_rewrite'::pg_catal
   AND dep.objid = rw.oid AND dep.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
 JOIN pg_catalog.pg_proc p ON p.oid = dep.refobjid
 JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
-WHERE v.relkind IN ('v', 'm') AND vn.nspname NOT IN ('pg_catalog', 'information_schema')`
+WHERE v.relkind IN ('v', 'm') AND vn.nspname NOT IN ('pg_catalog', 'information_schema')
+ORDER BY 1, 3, 2`
 
 	// Sequences owned by a table column (serial, identity).
 	sequenceOwnersQuery = `
@@ -117,13 +125,24 @@ func LoadCatalog(ctx context.Context, conn *pgconn.PgConn, tenantSetting string)
 		Relations: map[string]*policy.Relation{},
 		Functions: map[string]*policy.Function{},
 	}
-	err := query(ctx, conn, searchPathQuery, nil, func(row [][]byte) {
+	var role string
+	var bypass bool
+	err := query(ctx, conn, roleQuery, nil, func(row [][]byte) {
+		role, bypass = string(row[0]), isTrue(row[1])
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load role: %w", err)
+	}
+	if bypass {
+		return nil, fmt.Errorf("upstream role %q is a superuser or has BYPASSRLS: row-level security does not apply to it, so pgmoat cannot isolate tenants; connect as a role without them", role)
+	}
+	err = query(ctx, conn, searchPathQuery, nil, func(row [][]byte) {
 		cat.SearchPath = append(cat.SearchPath, string(row[0]))
 	})
 	if err != nil {
 		return nil, fmt.Errorf("load search path: %w", err)
 	}
-	err = query(ctx, conn, relationsQuery, [][]byte{[]byte(strings.ToLower(tenantSetting))}, func(row [][]byte) {
+	err = query(ctx, conn, relationsQuery, [][]byte{[]byte("'" + strings.ToLower(tenantSetting) + "'")}, func(row [][]byte) {
 		r := &policy.Relation{
 			Schema:           string(row[0]),
 			Name:             string(row[1]),

@@ -1,0 +1,81 @@
+package proxy
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgmoat/pgmoat/internal/pgtest"
+)
+
+// policiesSchema: tables whose row-level security looks keyed on the tenant
+// setting in some expression but not in every one PostgreSQL applies.
+const policiesSchema = `
+CREATE SCHEMA pol;
+GRANT USAGE ON SCHEMA pol TO pgmoat;
+CREATE FUNCTION pol.tenant_table(name text, using_expr text, check_expr text, cmd text DEFAULT 'ALL') RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+  EXECUTE format('CREATE TABLE pol.%I (tenant_id text NOT NULL)', name);
+  EXECUTE format('ALTER TABLE pol.%I ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY', name);
+  EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON pol.%I TO pgmoat', name);
+  EXECUTE format('CREATE POLICY p ON pol.%I FOR %s %s %s', name, cmd,
+    CASE WHEN using_expr IS NULL THEN '' ELSE 'USING (' || using_expr || ')' END,
+    CASE WHEN check_expr IS NULL THEN '' ELSE 'WITH CHECK (' || check_expr || ')' END);
+END $$;
+SELECT pol.tenant_table('good', 'tenant_id = current_setting(''app.current_tenant_id'', true)', NULL);
+SELECT pol.tenant_table('read_all', 'true', 'tenant_id = current_setting(''app.current_tenant_id'', true)');
+SELECT pol.tenant_table('write_all', 'tenant_id = current_setting(''app.current_tenant_id'', true)', 'true');
+SELECT pol.tenant_table('prefix', 'tenant_id = current_setting(''app.current_tenant_id_admin'', true)', NULL);
+SELECT pol.tenant_table('insert_only', NULL, 'tenant_id = current_setting(''app.current_tenant_id'', true)', 'INSERT');
+`
+
+func TestCatalogTenantPolicy(t *testing.T) {
+	c := pgtest.Shared(t)
+	ctx := context.Background()
+	if err := c.Exec(ctx, "postgres", "CREATE DATABASE pols"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Exec(context.Background(), "postgres", "DROP DATABASE pols WITH (FORCE)") })
+	if err := c.Exec(ctx, "pols", policiesSchema); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgconn.Connect(ctx, c.DSN("pgmoat", "pgmoat_secret", "pols"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	cat, err := LoadCatalog(ctx, conn, "app.current_tenant_id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]bool{
+		"good": true, "read_all": false, "write_all": false, "prefix": false,
+		// Reads have no permissive policy, so they see nothing: safe.
+		"insert_only": true,
+	} {
+		rel := cat.Relations["pol."+name]
+		if rel == nil {
+			t.Fatalf("pol.%s not in the catalog", name)
+		}
+		if rel.TenantPolicy != want {
+			t.Errorf("pol.%s: TenantPolicy = %v, want %v", name, rel.TenantPolicy, want)
+		}
+	}
+}
+
+func TestCatalogRefusesBypassingRole(t *testing.T) {
+	c := pgtest.Shared(t)
+	ctx := context.Background()
+	conn, err := pgconn.Connect(ctx, c.DSN("postgres", "", "app"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	_, err = LoadCatalog(ctx, conn, "app.current_tenant_id")
+	if err == nil || !strings.Contains(err.Error(), "BYPASSRLS") {
+		t.Fatalf("LoadCatalog as superuser: %v, want a refusal", err)
+	}
+}
