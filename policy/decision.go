@@ -19,6 +19,10 @@ const (
 	EndsTxn
 	// CopyIn: COPY ... FROM STDIN; the client streams CopyData after it.
 	CopyIn
+	// Prepares: SQL PREPARE, which creates a server prepared statement in
+	// the namespace the protocol's Parse uses, behind the rewriter's back:
+	// the classes it recorded by statement name are no longer reliable.
+	Prepares
 )
 
 // Unknown is the class of a statement pgmoat has not seen (a prepared

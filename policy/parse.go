@@ -150,6 +150,8 @@ func classOf(n *pg_query.Node) Class {
 		}
 	case *pg_query.Node_CallStmt:
 		return NeedsTenant | EndsTxn // a procedure may COMMIT
+	case *pg_query.Node_PrepareStmt:
+		return NeedsTenant | Prepares
 	case *pg_query.Node_CopyStmt:
 		if copyFromStdin(s.CopyStmt) {
 			return NeedsTenant | CopyIn

@@ -841,3 +841,34 @@ func TestErrorAtCommit(t *testing.T) {
 	}
 	wantOnly(t, tenantsOf(t, conn, "select tenant_id from orders"), "acme")
 }
+
+// TestSQLPrepareReplacesStatement: SQL PREPARE shares the statement
+// namespace with the protocol's Parse, so a name pgmoat saw parsed as
+// BEGIN can come to denote a SELECT; it must still run with the tenant.
+func TestSQLPrepareReplacesStatement(t *testing.T) {
+	p := startProxy(t, nil)
+	ctx := context.Background()
+	conn := p.connect(t, "acme_app", "acme_secret", pgx.QueryExecModeSimpleProtocol)
+	pc := conn.PgConn()
+	if _, err := pc.Prepare(ctx, "s4", "begin", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := pc.Exec(ctx, "deallocate s4; prepare s4 as "+currentTenant).Close(); err != nil {
+		t.Fatal(err)
+	}
+	res := pc.ExecPrepared(ctx, "s4", nil, nil, nil).Read()
+	if res.Err != nil || len(res.Rows) != 1 || string(res.Rows[0][0]) != "acme" {
+		t.Fatalf("statement replaced by SQL PREPARE: rows %q, err %v; want acme", res.Rows, res.Err)
+	}
+	// A Parse that fails because SQL PREPARE already took the name.
+	if err := pc.Exec(ctx, "prepare s5 as "+currentTenant).Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pc.Prepare(ctx, "s5", "begin", nil); sqlstate(err) != "42P05" {
+		t.Fatalf("Parse of a taken name: %v, want 42P05", err)
+	}
+	res = pc.ExecPrepared(ctx, "s5", nil, nil, nil).Read()
+	if res.Err != nil || len(res.Rows) != 1 || string(res.Rows[0][0]) != "acme" {
+		t.Fatalf("statement taken by SQL PREPARE: rows %q, err %v; want acme", res.Rows, res.Err)
+	}
+}

@@ -80,6 +80,11 @@ type Session struct {
 	stmts, batchStmts     map[string]policy.Class
 	portals, batchPortals map[string]policy.Class
 	inBatch               bool // extended messages sent since the last Sync
+	// sqlPrepared: the client used SQL PREPARE, so a statement name may
+	// denote a statement pgmoat did not see parsed (PREPARE after
+	// DEALLOCATE, or a Parse that failed because PREPARE took the name).
+	// From then on every named statement is assumed to need the tenant.
+	sqlPrepared bool
 
 	blocked bool // a message of this batch was refused: drop the rest until Sync
 	copyIn  bool // the client may be streaming COPY data for an allowed COPY FROM STDIN
@@ -183,6 +188,14 @@ func (s *Session) track(c policy.Class) {
 	if c&policy.CopyIn != 0 {
 		s.copyIn = true
 	}
+	if c&policy.Prepares != 0 && !s.sqlPrepared {
+		s.sqlPrepared = true
+		for _, m := range []map[string]policy.Class{s.stmts, s.batchStmts, s.portals, s.batchPortals} {
+			for k := range m {
+				m[k] |= policy.NeedsTenant
+			}
+		}
+	}
 }
 
 // rewriteQuery writes the Query with SET LOCAL spliced in where needed and,
@@ -244,6 +257,9 @@ func (s *Session) Parse(dst, msg []byte, name string, d *policy.Decision, v *pol
 		c = d.Stmts[0].Class
 	} else if len(d.Stmts) == 0 {
 		c = 0 // an empty statement executes as EmptyQueryResponse
+	}
+	if s.sqlPrepared && name != "" { // PREPARE cannot name the unnamed statement
+		c |= policy.NeedsTenant
 	}
 	s.batchStmts[name] = c
 	s.stmts[name] |= c
