@@ -26,7 +26,15 @@ func (e *Engine) analyze(sql string) *entry { return e.analyzeWith(sql, nil) }
 // (for Explain). With x the walk goes on after the first violation, so
 // that every object is listed; the decision is the same.
 func (e *Engine) analyzeWith(sql string, x *Explanation) *entry {
-	tree, err := pg_query.Parse(sql)
+	var tree *pg_query.ParseResult
+	var err error
+	if i := strings.IndexByte(sql, 0); i >= 0 {
+		// The parser stops at a NUL, so it would not see what follows.
+		// (The protocol cannot carry one inside a text; refuse it anyway.)
+		err = &pgparser.Error{Message: "the query text contains a NUL byte", Cursorpos: utf8.RuneCountInString(sql[:i]) + 1}
+	} else {
+		tree, err = pg_query.Parse(sql)
+	}
 	if err != nil {
 		en := parseErrorEntry(sql, err)
 		if x != nil {
@@ -90,6 +98,9 @@ func parseErrorEntry(sql string, err error) *entry {
 		msg = perr.Message
 		pos = byteOffset(sql, perr.Cursorpos)
 	}
+	// The parser quotes the text near the error, which may hold line
+	// breaks; a Violation's message is one line.
+	msg = strings.Join(strings.Fields(msg), " ")
 	v := &Violation{
 		Reason:   ReasonParseError,
 		Message:  "pgmoat: " + msg,

@@ -66,3 +66,18 @@ func TestStmtsAndClasses(t *testing.T) {
 		})
 	}
 }
+
+// TestNULRefused: the parser stops at a NUL byte, so text after one would
+// go unchecked; such a text is refused whole.
+func TestNULRefused(t *testing.T) {
+	e := NewEngine(demoRules(), demoCatalog(t), 0)
+	for _, sql := range []string{"SELECT 1\x00 FROM audit_raw", "SELECT 1; \x00SELECT * FROM audit_raw"} {
+		d, v := e.Check(sql, &Session{Tenant: "acme"})
+		if v == nil || v.Reason != ReasonParseError || v.SQLState != "42601" {
+			t.Fatalf("%q: violation %+v, want a parse error", sql, v)
+		}
+		if len(d.Stmts) != 1 || d.Stmts[0].End != len(sql) {
+			t.Fatalf("%q: statements %+v, want one covering the text", sql, d.Stmts)
+		}
+	}
+}
