@@ -8,8 +8,9 @@ type Class uint8
 const (
 	// NeedsTenant: the statement may read or write data, so it must run in a
 	// transaction whose tenant setting is set. Transaction control (BEGIN,
-	// COMMIT, ROLLBACK, RELEASE, ROLLBACK TO, SET TRANSACTION), DISCARD ALL and
-	// empty statements are the only statements without it. SAVEPOINT has it,
+	// COMMIT, ROLLBACK, RELEASE, ROLLBACK TO, SET TRANSACTION), SET, RESET,
+	// SHOW, DISCARD ALL and empty statements are the only statements
+	// without it. SAVEPOINT has it,
 	// so that the tenant is always set outside every savepoint and ROLLBACK TO
 	// can never undo it.
 	NeedsTenant Class = 1 << iota

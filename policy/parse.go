@@ -151,10 +151,11 @@ func classOf(n *pg_query.Node) Class {
 			return EndsTxn
 		}
 		return Unknown
-	case *pg_query.Node_VariableSetStmt:
-		if s.VariableSetStmt.Kind == pg_query.VariableSetKind_VAR_SET_MULTI && transactionSet[s.VariableSetStmt.Name] {
-			return 0
-		}
+	case *pg_query.Node_VariableSetStmt, *pg_query.Node_VariableShowStmt:
+		// SET, RESET and SHOW read no data (their values are literals), so
+		// they do not need the tenant; injecting before them would take a
+		// snapshot and make a following BEGIN ISOLATION LEVEL fail.
+		return 0
 	case *pg_query.Node_DiscardStmt:
 		if s.DiscardStmt.Target == pg_query.DiscardMode_DISCARD_ALL {
 			return EndsTxn
@@ -171,7 +172,8 @@ func classOf(n *pg_query.Node) Class {
 	return NeedsTenant
 }
 
-// transactionSet are the VAR_SET_MULTI names of transaction control.
+// transactionSet are the VAR_SET_MULTI names of transaction control, which
+// tenants may run.
 var transactionSet = map[string]bool{
 	"TRANSACTION":             true,
 	"SESSION CHARACTERISTICS": true,

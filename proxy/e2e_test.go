@@ -872,3 +872,30 @@ func TestSQLPrepareReplacesStatement(t *testing.T) {
 		t.Fatalf("statement taken by SQL PREPARE: rows %q, err %v; want acme", res.Rows, res.Err)
 	}
 }
+
+// TestSetBeforeBeginIsolation: SET needs no tenant, so a batch of SET and
+// BEGIN ISOLATION LEVEL works as it does directly (an injected statement
+// before BEGIN would take a snapshot and make it fail with 25001).
+func TestSetBeforeBeginIsolation(t *testing.T) {
+	p := startProxy(t, nil)
+	ctx := context.Background()
+	conn := p.connect(t, "acme_app", "acme_secret", pgx.QueryExecModeCacheStatement)
+	b := &pgx.Batch{}
+	b.Queue("set statement_timeout = 5000")
+	b.Queue("begin isolation level serializable")
+	b.Queue(currentTenant)
+	b.Queue("commit")
+	br := conn.SendBatch(ctx, b)
+	for i := 0; i < 2; i++ {
+		if _, err := br.Exec(); err != nil {
+			t.Fatalf("statement %d: %v", i, err)
+		}
+	}
+	var s string
+	if err := br.QueryRow().Scan(&s); err != nil || s != "acme" {
+		t.Fatalf("tenant %q, %v", s, err)
+	}
+	if err := br.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
