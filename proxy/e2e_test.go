@@ -899,3 +899,38 @@ func TestSetBeforeBeginIsolation(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestNegotiateProtocolVersion: a client asking for protocol 3.1 with a
+// _pq_ option gets NegotiateProtocolVersion before authentication, as
+// PostgreSQL sends it, and can then log in.
+func TestNegotiateProtocolVersion(t *testing.T) {
+	p := startProxy(t, nil)
+	c, err := net.Dial("tcp", p.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	fe := pgproto3.NewFrontend(c, c)
+	fe.Send(&pgproto3.StartupMessage{
+		ProtocolVersion: 3<<16 | 1,
+		Parameters:      map[string]string{"user": "acme_app", "database": "app", "_pq_.future": "1"},
+	})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	msg, err := fe.Receive()
+	if err != nil {
+		t.Fatal(err)
+	}
+	npv, ok := msg.(*pgproto3.NegotiateProtocolVersion)
+	if !ok || npv.NewestMinorProtocol != 0 || len(npv.UnrecognizedOptions) != 1 || npv.UnrecognizedOptions[0] != "_pq_.future" {
+		t.Fatalf("first message %#v, want NegotiateProtocolVersion(0, [_pq_.future])", msg)
+	}
+	if msg, err = fe.Receive(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := msg.(*pgproto3.AuthenticationSASL); !ok {
+		t.Fatalf("then %#v, want AuthenticationSASL", msg)
+	}
+}

@@ -65,6 +65,13 @@ func (c *session) run(ctx context.Context) (err error) {
 	if st.database != "" && st.database != o.Database {
 		return c.refuse(&clientError{code: "3D000", message: fmt.Sprintf("database %q does not exist", st.database), result: ResultRefused})
 	}
+	// PostgreSQL answers a newer minor version or unknown _pq_ options
+	// right after the startup message, before authentication.
+	if st.minor > 0 || len(st.unrecognized) > 0 {
+		if err := c.cw.Send(&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: st.unrecognized}); err != nil {
+			return err
+		}
+	}
 	c.id, err = o.Auth.Authenticate(c, st.user)
 	if err != nil {
 		var ae *AuthError
@@ -108,10 +115,14 @@ func (c *session) run(ctx context.Context) (err error) {
 	} else {
 		c.pol = policy.Session{User: c.id.User, Admin: true}
 	}
-	if err := c.ready(st); err != nil {
+	defer func() {
+		if c.cancelKey != [2]uint32{} {
+			c.srv.cancels.remove(c.cancelKey[0], c.cancelKey[1])
+		}
+	}()
+	if err := c.ready(); err != nil {
 		return err
 	}
-	defer c.srv.cancels.remove(c.cancelKey[0], c.cancelKey[1])
 	return c.relay(ctx)
 }
 
@@ -163,6 +174,7 @@ func (c *session) startTLS() error {
 	}
 	tc := tls.Server(c.conn, c.srv.opts.TLS)
 	if err := tc.Handshake(); err != nil {
+		c.conn.Close() // a plaintext error message would only garble the TLS stream
 		return &clientError{code: "08P01", message: "pgmoat: TLS handshake failed", result: ResultProtocolError, cause: err}
 	}
 	c.conn, c.tls = tc, true
@@ -191,12 +203,7 @@ func (c *session) cancel(body []byte) {
 
 // ready tells the client the session is open: the server's parameters,
 // pgmoat's own cancel key, ReadyForQuery.
-func (c *session) ready(st *startup) error {
-	if st.minor > 0 || len(st.unrecognized) > 0 {
-		if err := c.cw.Send(&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: st.unrecognized}); err != nil {
-			return err
-		}
-	}
+func (c *session) ready() error {
 	for k, v := range c.server.Params {
 		if err := c.cw.Send(&pgproto3.ParameterStatus{Name: k, Value: v}); err != nil {
 			return err
@@ -408,7 +415,8 @@ func (c *session) serverToClient() error {
 		if c.rw == nil {
 			out = append(out, msg...)
 		} else if out, err = c.rw.Reply(out, msg); err != nil {
-			return protocolViolation("%v", err)
+			// The detail is for the log; the client did nothing wrong.
+			return &clientError{code: "08006", message: "pgmoat: unexpected reply from the database server", result: ResultUpstreamError, cause: err}
 		}
 		if len(out) > 0 && (!c.sr.HasMessage() || len(out) >= flushSize) {
 			c.cwu.Lock()
