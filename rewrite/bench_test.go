@@ -64,9 +64,9 @@ func BenchmarkSession(b *testing.B) {
 		{Name: []byte("amount"), DataTypeOID: 1700, DataTypeSize: -1, TypeModifier: -1},
 		{Name: []byte("status"), DataTypeOID: 25, DataTypeSize: -1, TypeModifier: -1},
 	}}
-	// Replies to pgmoat's injected Parse/Bind/Execute/Close/Close.
+	// Replies to pgmoat's injected Close/Parse/Bind/Execute/Close/Close.
 	injected := []interface{ Encode([]byte) ([]byte, error) }{
-		&pgproto3.ParseComplete{}, &pgproto3.BindComplete{},
+		&pgproto3.CloseComplete{}, &pgproto3.ParseComplete{}, &pgproto3.BindComplete{},
 		&pgproto3.DataRow{Values: [][]byte{[]byte("acme")}}, cc("SELECT 1"),
 		&pgproto3.CloseComplete{}, &pgproto3.CloseComplete{},
 	}
@@ -96,7 +96,7 @@ func BenchmarkSession(b *testing.B) {
 				return sendAll(s, dst, rest)
 			},
 			replies:  frames(b, enc(b, append(replies, row, cc("SELECT 1"), rfq('I'))...)),
-			upstream: "PB" + "PBECC" + "ES",
+			upstream: "PB" + "CPBECC" + "ES",
 			client:   "12DCZ",
 		})
 	})
@@ -120,7 +120,7 @@ func BenchmarkSession(b *testing.B) {
 				return sendAll(s, dst, msgs)
 			},
 			replies:  frames(b, enc(b, append(replies, row, cc("SELECT 1"), rfq('I'))...)),
-			upstream: "BD" + "PBECC" + "ES",
+			upstream: "BD" + "CPBECC" + "ES",
 			client:   "2TDCZ",
 		})
 	})
