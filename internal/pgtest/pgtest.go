@@ -62,6 +62,7 @@ type Cluster struct {
 	asOSUser bool      // run binaries through runuser -u postgres
 	watchdog *exec.Cmd // stops the server if the test process dies first
 	stopped  bool
+	down     bool // StopServer stopped the server; StartServer clears it
 }
 
 // Start initdb's a new cluster in a temporary directory and starts it on a
@@ -193,13 +194,54 @@ func (c *Cluster) Stop() error {
 		c.watchdog.Wait()
 	}
 	var errs []error
-	if out, err := c.command("pg_ctl", "-D", c.dataDir, "-m", "immediate", "-w", "stop").CombinedOutput(); err != nil {
-		errs = append(errs, fmt.Errorf("pgtest: pg_ctl stop: %w\n%s", err, out))
+	if !c.down {
+		if out, err := c.command("pg_ctl", "-D", c.dataDir, "-m", "immediate", "-w", "stop").CombinedOutput(); err != nil {
+			errs = append(errs, fmt.Errorf("pgtest: pg_ctl stop: %w\n%s", err, out))
+		}
 	}
 	if err := os.RemoveAll(c.Dir); err != nil {
 		errs = append(errs, fmt.Errorf("pgtest: %w", err))
 	}
 	return errors.Join(errs...)
+}
+
+// StopServer stops the server but keeps the cluster, its data and its port,
+// so that StartServer can bring it back: a database restart or outage as
+// clients see it. mode is pg_ctl's shutdown mode: "fast" (sessions are
+// terminated with FATAL 57P01), "immediate" (the server quits without a
+// clean shutdown, as in a crash; the next start recovers) or "smart" (waits
+// for every session to end). It returns once the server is down. Neither
+// StopServer nor StartServer may run concurrently with another method that
+// changes the server's state (StartServer, StopServer, Stop).
+func (c *Cluster) StopServer(mode string) error {
+	switch mode {
+	case "smart", "fast", "immediate":
+	default:
+		return fmt.Errorf("pgtest: unknown shutdown mode %q", mode)
+	}
+	if c.down || c.stopped {
+		return errors.New("pgtest: server is not running")
+	}
+	if out, err := c.command("pg_ctl", "-D", c.dataDir, "-m", mode, "-w",
+		"-t", strconv.Itoa(int(startTimeout.Seconds())), "stop").CombinedOutput(); err != nil {
+		return fmt.Errorf("pgtest: pg_ctl stop -m %s: %w\n%s", mode, err, out)
+	}
+	c.down = true
+	return nil
+}
+
+// StartServer starts a server stopped by StopServer again, on the same port
+// and data directory. It returns once the server accepts connections. If
+// another process took the port meanwhile, it fails (the log says so).
+func (c *Cluster) StartServer() error {
+	if !c.down || c.stopped {
+		return errors.New("pgtest: server is not stopped")
+	}
+	if err := c.start(); err != nil {
+		return err
+	}
+	c.down = false
+	return nil
 }
 
 // DSN returns a key=value connection string for user on the cluster's TCP

@@ -190,3 +190,67 @@ func TestStartStop(t *testing.T) {
 		t.Fatal("connect after Stop succeeded")
 	}
 }
+
+// TestStopStartServer restarts a cluster in each shutdown mode: open
+// sessions end, data survives, the port stays the same, and Stop works
+// whether the server is up or down.
+func TestStopStartServer(t *testing.T) {
+	c, err := pgtest.Start()
+	if errors.Is(err, pgtest.ErrNoPostgres) {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := c.Exec(ctx, "postgres", "CREATE TABLE t (x int); INSERT INTO t VALUES (1)"); err != nil {
+		t.Fatal(err)
+	}
+	dsn := c.DSN("postgres", "", "postgres")
+	for _, mode := range []string{"fast", "immediate"} {
+		t.Run(mode, func(t *testing.T) {
+			conn, err := pgconn.Connect(ctx, dsn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close(context.Background())
+			port := c.Port
+			if err := c.StopServer(mode); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := conn.Exec(ctx, "SELECT 1").ReadAll(); err == nil {
+				t.Error("a session survived StopServer")
+			}
+			if _, err := pgconn.Connect(ctx, dsn); err == nil {
+				t.Error("connect while the server is down succeeded")
+			}
+			if err := c.StartServer(); err != nil {
+				t.Fatal(err)
+			}
+			if c.Port != port {
+				t.Errorf("port changed from %d to %d", port, c.Port)
+			}
+			// Fails (division by zero) unless the row survived.
+			if err := c.Exec(ctx, "postgres", "SELECT 1 / (count(*) = 1)::int FROM t"); err != nil {
+				t.Fatalf("after restart: %v", err)
+			}
+		})
+	}
+	if err := c.StartServer(); err == nil {
+		t.Error("StartServer of a running server succeeded")
+	}
+	if err := c.StopServer("sideways"); err == nil {
+		t.Error("StopServer with an unknown mode succeeded")
+	}
+	if err := c.StopServer("fast"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Stop(); err != nil {
+		t.Fatalf("Stop of a stopped server: %v", err)
+	}
+	if _, err := os.Stat(c.Dir); !os.IsNotExist(err) {
+		t.Fatalf("after Stop, %s: %v, want it removed", c.Dir, err)
+	}
+}
