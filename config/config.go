@@ -39,12 +39,6 @@ type Upstream struct {
 	ConnectTimeout time.Duration `mapstructure:"connect_timeout"` // default 10s
 }
 
-// User is one client login and the tenant it belongs to. Exactly one of
-// Password, PasswordFile and SCRAMVerifier is set in the file; secrets may
-// also come from the environment (PGMOAT_USERS_<i>_PASSWORD, i the index in
-// users) or files. After Load, Password holds the plaintext password whether
-// it came inline, from the environment or from PasswordFile (which is kept
-// for reference), and is empty exactly when SCRAMVerifier is set.
 // TLS is how clients may encrypt their connection to pgmoat. Without a
 // certificate pgmoat answers SSLRequest with 'N' (plaintext only).
 type TLS struct {
@@ -54,14 +48,47 @@ type TLS struct {
 	Require bool `mapstructure:"require"`
 }
 
+// Client authentication methods, the values of User.Auth.
+const (
+	AuthSCRAM    = "scram-sha-256" // the default (an empty Auth means this)
+	AuthMD5      = "md5"           // opt-in: needs the password or an md5 verifier
+	AuthPassword = "password"      // cleartext; over TLS only unless AllowCleartextWithoutTLS
+)
+
+// User is one client login and the tenant it belongs to. Exactly one of
+// Password, PasswordFile, SCRAMVerifier and MD5Verifier is set in the file;
+// secrets may also come from the environment (PGMOAT_USERS_<i>_PASSWORD, i
+// the index in users) or files. After Load, Password holds the plaintext
+// password whether it came inline, from the environment or from
+// PasswordFile (which is kept for reference), and is empty exactly when a
+// verifier is set.
 type User struct {
 	Name          string `mapstructure:"name"`
 	Password      string `mapstructure:"password"`
 	PasswordFile  string `mapstructure:"password_file"`
-	SCRAMVerifier string `mapstructure:"scram_verifier"` // SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>
-	Tenant        string `mapstructure:"tenant"`         // required unless Admin
-	ReadOnly      bool   `mapstructure:"read_only"`
-	Admin         bool   `mapstructure:"admin"` // bypasses the policy and the tenant; every statement is audited
+	SCRAMVerifier string `mapstructure:"scram_verifier"` // SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>; not with auth md5
+	// MD5Verifier is PostgreSQL's stored md5 password, "md5" followed by
+	// hex(md5(password || name)); for auth md5 or password only.
+	MD5Verifier string `mapstructure:"md5_verifier"`
+	// Auth is how the client proves its password: AuthSCRAM (default),
+	// AuthMD5 or AuthPassword. See AuthMethod.
+	Auth string `mapstructure:"auth"`
+	// AllowCleartextWithoutTLS lets an AuthPassword user send its password
+	// over a plaintext connection; otherwise such a login without TLS is
+	// refused (SQLSTATE 28000) before the password is asked for.
+	AllowCleartextWithoutTLS bool   `mapstructure:"allow_cleartext_without_tls"`
+	Tenant                   string `mapstructure:"tenant"` // required unless Admin
+	ReadOnly                 bool   `mapstructure:"read_only"`
+	Admin                    bool   `mapstructure:"admin"` // bypasses the policy and the tenant; every statement is audited
+}
+
+// AuthMethod is the user's authentication method: Auth, or AuthSCRAM when
+// Auth is empty.
+func (u User) AuthMethod() string {
+	if u.Auth == "" {
+		return AuthSCRAM
+	}
+	return u.Auth
 }
 
 // Policy modes.
@@ -109,12 +136,28 @@ type Limits struct {
 	AuthTimeout          time.Duration `mapstructure:"auth_timeout"`     // default 15s
 	MaxMessageSize       int           `mapstructure:"max_message_size"` // bytes; default 64 MiB
 	ShutdownTimeout      time.Duration `mapstructure:"shutdown_timeout"` // default 30s
+	// IdleTimeout closes a client that sends nothing for this long while
+	// its session is idle (no transaction open, no reply pending), with
+	// SQLSTATE 57P05 as PostgreSQL's idle_session_timeout; 0 (the default)
+	// means never. A client inside a transaction is not affected.
+	IdleTimeout time.Duration `mapstructure:"idle_timeout"`
 }
 
 // Log configures the process log and the audit log.
 type Log struct {
 	Level  string `mapstructure:"level"`  // debug, info (default), warn, error
 	Format string `mapstructure:"format"` // json (default) or text
+	// AuditFile receives the audit log (one JSON object per line), opened
+	// append-only with mode 0600. Empty (the default) means standard error,
+	// next to the process log, with each line tagged "log":"audit".
+	AuditFile string `mapstructure:"audit_file"`
+	// StatementMaxLength bounds the statement text in an audit line, in
+	// bytes; longer texts are cut and marked "truncated". 0 logs no text.
+	// Default 1024.
+	StatementMaxLength int `mapstructure:"statement_max_length"`
+	// RedactLiterals replaces the constants of the logged statements by
+	// $1, $2, ... (pg_query normalize). Default false.
+	RedactLiterals bool `mapstructure:"redact_literals"`
 }
 
 // Metrics configures the Prometheus metrics.
@@ -122,4 +165,7 @@ type Metrics struct {
 	// TenantLabelCap bounds the distinct tenant label values; the rest are
 	// counted as "other". Default 100.
 	TenantLabelCap int `mapstructure:"tenant_label_cap"`
+	// Pprof serves Go's profiler at /debug/pprof/ on metrics_listen.
+	// Default false.
+	Pprof bool `mapstructure:"pprof"`
 }

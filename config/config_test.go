@@ -33,7 +33,7 @@ var badFiles = map[string][]string{
 	"duplicate_user":        {`users[1].name: "acme_app" is already users[0]`},
 	"tenant_quote":          {`users[0].tenant: "acme' OR '1'='1" is not a valid tenant`},
 	"missing_tenant":        {"users[1].tenant: required"},
-	"two_password_sources":  {"users[0]: both a password and a scram_verifier are set"},
+	"two_password_sources":  {"users[0]: more than one credential is set (password, scram_verifier)"},
 	"password_and_file":     {"users[0].password_file: set together with a password"},
 	"no_password":           {"users[0]: no credential"},
 	"missing_password_file": {"users[0].password_file: open ", "missing.pass"},
@@ -46,10 +46,16 @@ var badFiles = map[string][]string{
 		"policy.shared[0].name: public.orders is already declared at policy.protected[0]",
 		`policy.shared[1].name: "Weird Table" is not a name or schema.name`,
 	},
-	"bad_limit":                {"limits.max_client_connections: must be positive"},
-	"bad_tls":                  {"tls: cert_file and key_file must be set together"},
-	"tls_require_without_cert": {"tls.require: needs tls.cert_file and tls.key_file"},
-	"bad_yaml":                 {"parse YAML", "line 6"},
+	"bad_limit":                       {"limits.max_client_connections: must be positive"},
+	"bad_idle_timeout":                {"limits.idle_timeout: must not be negative"},
+	"bad_auth":                        {`users[0].auth: must be scram-sha-256, md5 or password, not "trust"`},
+	"bad_md5_verifier":                {"users[0].md5_verifier: want md5 followed by 32 lower-case hex digits"},
+	"md5_with_scram_verifier":         {"users[0].scram_verifier: cannot be used with auth md5"},
+	"md5_verifier_with_scram":         {"users[0].md5_verifier: cannot be used with auth scram-sha-256"},
+	"cleartext_without_password_auth": {"users[0].allow_cleartext_without_tls: applies only to auth password"},
+	"bad_tls":                         {"tls: cert_file and key_file must be set together"},
+	"tls_require_without_cert":        {"tls.require: needs tls.cert_file and tls.key_file"},
+	"bad_yaml":                        {"parse YAML", "line 6"},
 	"many": {
 		"listen: want host:port",
 		"upstream.dsn: required",
@@ -369,6 +375,14 @@ func TestValidateNames(t *testing.T) {
 		{"both listeners ephemeral", func(c *Config) { c.Listen, c.MetricsListen = "127.0.0.1:0", "127.0.0.1:0" }, ""},
 		{"listen service name", func(c *Config) { c.Listen = "localhost:postgres" }, "listen: want host:port with a numeric port"},
 		{"listen all interfaces", func(c *Config) { c.Listen = ":6432" }, ""},
+		{"auth md5 with password", func(c *Config) { c.Users[0].Auth = AuthMD5 }, ""},
+		{"auth password with md5 verifier", func(c *Config) {
+			c.Users[0].Auth, c.Users[0].Password, c.Users[0].MD5Verifier = AuthPassword, "", "md5"+strings.Repeat("0", 32)
+		}, ""},
+		{"auth password without TLS", func(c *Config) { c.Users[0].Auth, c.Users[0].AllowCleartextWithoutTLS = AuthPassword, true }, ""},
+		{"auth upper case", func(c *Config) { c.Users[0].Auth = "MD5" }, "users[0].auth"},
+		{"password and md5 verifier", func(c *Config) { c.Users[0].Auth, c.Users[0].MD5Verifier = AuthMD5, "md5"+strings.Repeat("0", 32) }, "users[0]: more than one credential is set (password, md5_verifier)"},
+		{"negative idle timeout", func(c *Config) { c.Limits.IdleTimeout = -time.Second }, "limits.idle_timeout"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := base()

@@ -37,7 +37,11 @@ var defaults = map[string]any{
 	"limits.shutdown_timeout":       30 * time.Second,
 	"log.level":                     "info",
 	"log.format":                    "json",
+	"log.audit_file":                "",
+	"log.statement_max_length":      1024,
+	"log.redact_literals":           false,
 	"metrics.tenant_label_cap":      100,
+	"metrics.pprof":                 false,
 }
 
 // Default returns the built-in defaults: the configuration an empty file

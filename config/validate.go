@@ -32,6 +32,9 @@ var (
 	// identRE is one unquoted, already case-folded SQL identifier, as the
 	// catalog stores it (at most 63 bytes: NAMEDATALEN-1).
 	identRE = regexp.MustCompile(`^[a-z_][a-z0-9_$]{0,62}$`)
+
+	// md5VerifierRE is PostgreSQL's stored md5 password format.
+	md5VerifierRE = regexp.MustCompile(`^md5[0-9a-f]{32}$`)
 )
 
 // maxMessageSizeLimit is PostgreSQL's own bound on a protocol message (its
@@ -71,6 +74,9 @@ func (c *Config) Validate() error {
 		p.add("limits.max_message_size", "must be at most %d (1 GiB, PostgreSQL's own limit)", maxMessageSizeLimit)
 	}
 	positive("limits.shutdown_timeout", int64(c.Limits.ShutdownTimeout))
+	if c.Limits.IdleTimeout < 0 {
+		p.add("limits.idle_timeout", "must not be negative (0 means no idle timeout)")
+	}
 
 	switch strings.ToLower(c.Log.Level) {
 	case "debug", "info", "warn", "error":
@@ -83,6 +89,9 @@ func (c *Config) Validate() error {
 		p.add("log.format", "must be json or text, not %q", c.Log.Format)
 	}
 
+	if c.Log.StatementMaxLength < 0 {
+		p.add("log.statement_max_length", "must not be negative (0 logs no statement text)")
+	}
 	if c.Metrics.TenantLabelCap < 0 {
 		p.add("metrics.tenant_label_cap", "must not be negative")
 	}
@@ -165,18 +174,45 @@ func (c *Config) validateUsers(p *problems) {
 
 		// PasswordFile has been read into Password by Load, so the two
 		// count as one source here; Load refuses them together.
-		hasPassword := u.Password != "" || u.PasswordFile != ""
-		hasVerifier := u.SCRAMVerifier != ""
-		switch {
-		case hasPassword && hasVerifier:
-			p.add(fmt.Sprintf("users[%d]", i), "both a password and a scram_verifier are set; use exactly one of password, password_file and scram_verifier")
-		case !hasPassword && !hasVerifier:
-			p.add(fmt.Sprintf("users[%d]", i), "no credential: set exactly one of password, password_file and scram_verifier")
+		var set []string
+		for _, cred := range []struct{ name, value string }{
+			{"password", u.Password + u.PasswordFile},
+			{"scram_verifier", u.SCRAMVerifier},
+			{"md5_verifier", u.MD5Verifier},
+		} {
+			if cred.value != "" {
+				set = append(set, cred.name)
+			}
 		}
-		if hasVerifier {
+		switch {
+		case len(set) > 1:
+			p.add(fmt.Sprintf("users[%d]", i), "more than one credential is set (%s); use exactly one of password, password_file, scram_verifier and md5_verifier", strings.Join(set, ", "))
+		case len(set) == 0:
+			p.add(fmt.Sprintf("users[%d]", i), "no credential: set exactly one of password, password_file, scram_verifier and md5_verifier")
+		}
+		if u.SCRAMVerifier != "" {
 			if _, err := parseSCRAMVerifier(u.SCRAMVerifier); err != nil {
 				p.check(key("scram_verifier"), err)
 			}
+		}
+		if u.MD5Verifier != "" && !md5VerifierRE.MatchString(u.MD5Verifier) {
+			p.add(key("md5_verifier"), "want md5 followed by 32 lower-case hex digits: md5(password || user name), as PostgreSQL stores it")
+		}
+		switch u.AuthMethod() {
+		case AuthSCRAM:
+			if u.MD5Verifier != "" {
+				p.add(key("md5_verifier"), "cannot be used with auth %s: set password or scram_verifier, or auth %s", AuthSCRAM, AuthMD5)
+			}
+		case AuthMD5:
+			if u.SCRAMVerifier != "" {
+				p.add(key("scram_verifier"), "cannot be used with auth %s: set password or md5_verifier", AuthMD5)
+			}
+		case AuthPassword:
+		default:
+			p.add(key("auth"), "must be %s, %s or %s, not %q", AuthSCRAM, AuthMD5, AuthPassword, u.Auth)
+		}
+		if u.AllowCleartextWithoutTLS && u.AuthMethod() != AuthPassword {
+			p.add(key("allow_cleartext_without_tls"), "applies only to auth %s", AuthPassword)
 		}
 
 		switch {

@@ -980,6 +980,32 @@ func parses(sql string) bool {
 	return err == nil
 }
 
+// Fingerprint is pg_query's fingerprint of sql: 16 hex digits, the same for
+// texts that differ only in literal values, whitespace and comments (as
+// pganalyze and pg_stat_statements-style tooling group them). It is "" when
+// sql does not parse. It parses sql each time: use it off the hot path.
+func Fingerprint(sql string) string {
+	if strings.IndexByte(sql, 0) >= 0 {
+		return "" // the parser would stop at the NUL and see a different text
+	}
+	fp, err := pg_query.Fingerprint(sql)
+	if err != nil {
+		return ""
+	}
+	return fp
+}
+
+// Normalize returns sql with every constant replaced by a parameter
+// reference ($1, $2, ...), so that it can be logged without the values it
+// carries. It fails when sql does not parse; the error message can quote
+// part of sql, so do not log it where literals must not appear.
+func Normalize(sql string) (string, error) {
+	if i := strings.IndexByte(sql, 0); i >= 0 {
+		return "", errors.New("the query text contains a NUL byte")
+	}
+	return pg_query.Normalize(sql)
+}
+
 // commandOf names a top-level statement for Explain, e.g. "SELECT".
 func commandOf(n *pg_query.Node) string {
 	switch name := nodeName(n); name {

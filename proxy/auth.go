@@ -2,9 +2,12 @@ package proxy
 
 import (
 	"crypto/hmac"
+	"crypto/md5"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -32,6 +35,8 @@ type authConn interface {
 	// Next is msgReader.Next: the whole message including its 5-byte
 	// header, valid until the next call.
 	Next() (typ byte, msg []byte, err error)
+	// Encrypted reports whether the connection runs over TLS.
+	Encrypted() bool
 }
 
 // Authenticator turns a startup into an Identity, speaking the
@@ -53,6 +58,9 @@ const (
 	AuthReasonBadPassword = "bad_password"
 	AuthReasonProtocol    = "protocol"
 	AuthReasonTimeout     = "timeout"
+	// AuthReasonTLSRequired: the user's method is a cleartext password
+	// and the client did not use TLS.
+	AuthReasonTLSRequired = "tls_required"
 )
 
 // AuthError is a failed authentication. SQLState and Message are what the
@@ -60,7 +68,7 @@ const (
 // process log only: it may say whether the user exists, which the client
 // must not learn.
 type AuthError struct {
-	SQLState string // 28P01, 08P01 or 57014
+	SQLState string // 28P01, 28000, 08P01 or 57014
 	Message  string // PostgreSQL's wording
 	Reason   string // one of the AuthReason* constants
 	Err      error  // cause; never shown to the client
@@ -83,31 +91,56 @@ const (
 	scramSaltLen    = 16
 )
 
-// PasswordAuth authenticates configured users with SCRAM-SHA-256, as
-// PostgreSQL does for password_encryption = scram-sha-256. It is immutable
-// once built and safe for concurrent use; a config reload builds a new one.
+// PasswordAuth authenticates configured users by password, each with its
+// method (config.User.Auth): SCRAM-SHA-256 (the default), md5, or a
+// cleartext password, as PostgreSQL's pg_hba methods of the same names do.
+// It is immutable once built and safe for concurrent use; a config reload
+// builds a new one.
 type PasswordAuth struct {
 	users map[string]passwordUser
 	// mockKey makes the salt shown to an unknown user a function of the
 	// name (as PostgreSQL's scram_mock_salt does): a fresh salt on every
-	// attempt would tell a prober that the user does not exist.
+	// attempt would tell a prober that the user does not exist. It also
+	// keys the digests of plaintext passwords kept for the cleartext method.
 	mockKey []byte
+	// mock is how an unknown user is challenged: with the method most
+	// users have, so that the challenge alone does not tell a prober that
+	// a name is unknown. Its credentials never match.
+	mock passwordUser
 }
 
+// passwordUser is a configured user and what its method needs to check a
+// password. Only the fields of its method are set.
 type passwordUser struct {
-	id    Identity
-	creds scram.StoredCredentials
+	id     Identity
+	method string // config.AuthSCRAM, config.AuthMD5 or config.AuthPassword
+
+	scram scram.StoredCredentials // AuthSCRAM; AuthPassword with a scram_verifier
+	// md5 is the hex digest md5(password || user) without the "md5"
+	// prefix: PostgreSQL's stored md5 password. AuthMD5; AuthPassword with
+	// an md5_verifier.
+	md5 []byte
+	// plainMAC is HMAC-SHA-256(mockKey, password). AuthPassword with a
+	// plaintext password.
+	plainMAC []byte
+	// cleartextWithoutTLS: AuthPassword is allowed on a plaintext
+	// connection (config.User.AllowCleartextWithoutTLS).
+	cleartextWithoutTLS bool
 }
 
-// NewPasswordAuth derives SCRAM credentials for users. A user with a
-// Password (or PasswordFile) gets a random salt and 4096 iterations, so
-// building costs one PBKDF2 derivation per such user; a user with a
-// SCRAMVerifier uses it as it is.
+// NewPasswordAuth builds the credentials of users. For scram-sha-256 a user
+// with a Password (or PasswordFile) gets a random salt and 4096 iterations,
+// so building costs one PBKDF2 derivation per such user; a SCRAMVerifier is
+// used as it is. For md5 the stored digest is md5(password || name) or the
+// MD5Verifier. For password any credential will do: the client sends the
+// plaintext, which is checked against whichever is configured.
 func NewPasswordAuth(users []config.User) (*PasswordAuth, error) {
 	a := &PasswordAuth{users: make(map[string]passwordUser, len(users)), mockKey: make([]byte, 32)}
 	if _, err := rand.Read(a.mockKey); err != nil {
 		return nil, fmt.Errorf("mock salt key: %w", err)
 	}
+	methods := map[string]int{}
+	mockCleartext := true
 	for i, u := range users {
 		if u.Name == "" {
 			return nil, fmt.Errorf("users[%d]: empty name", i)
@@ -115,27 +148,109 @@ func NewPasswordAuth(users []config.User) (*PasswordAuth, error) {
 		if _, dup := a.users[u.Name]; dup {
 			return nil, fmt.Errorf("user %q: defined twice", u.Name)
 		}
-		creds, err := userCredentials(u)
+		pu, err := a.newUser(u)
 		if err != nil {
 			return nil, fmt.Errorf("user %q: %w", u.Name, err)
 		}
-		a.users[u.Name] = passwordUser{
-			id:    Identity{User: u.Name, Tenant: u.Tenant, ReadOnly: u.ReadOnly, Admin: u.Admin},
-			creds: creds,
+		a.users[u.Name] = pu
+		methods[pu.method]++
+		if pu.method == config.AuthPassword {
+			mockCleartext = mockCleartext && pu.cleartextWithoutTLS
+		}
+	}
+	a.mock = passwordUser{method: config.AuthSCRAM, cleartextWithoutTLS: mockCleartext}
+	for _, m := range []string{config.AuthMD5, config.AuthPassword} {
+		if methods[m] > methods[a.mock.method] {
+			a.mock.method = m
 		}
 	}
 	return a, nil
 }
 
-func userCredentials(u config.User) (scram.StoredCredentials, error) {
-	switch {
-	case u.SCRAMVerifier != "":
-		return ParseSCRAMVerifier(u.SCRAMVerifier)
-	case u.Password != "":
-		return newCredentials(u.Password)
+func (a *PasswordAuth) newUser(u config.User) (passwordUser, error) {
+	pu := passwordUser{
+		id:                  Identity{User: u.Name, Tenant: u.Tenant, ReadOnly: u.ReadOnly, Admin: u.Admin},
+		method:              u.AuthMethod(),
+		cleartextWithoutTLS: u.AllowCleartextWithoutTLS,
 	}
 	// config.Load reads password_file into Password.
-	return scram.StoredCredentials{}, errors.New("no password or scram_verifier")
+	sources := 0
+	for _, s := range []string{u.Password, u.SCRAMVerifier, u.MD5Verifier} {
+		if s != "" {
+			sources++
+		}
+	}
+	if sources != 1 {
+		return pu, errors.New("want exactly one of password, scram_verifier and md5_verifier")
+	}
+	if u.AllowCleartextWithoutTLS && pu.method != config.AuthPassword {
+		return pu, fmt.Errorf("allow_cleartext_without_tls needs auth %s", config.AuthPassword)
+	}
+	var err error
+	switch pu.method {
+	case config.AuthSCRAM:
+		switch {
+		case u.SCRAMVerifier != "":
+			pu.scram, err = ParseSCRAMVerifier(u.SCRAMVerifier)
+		case u.Password != "":
+			pu.scram, err = newCredentials(u.Password)
+		default:
+			err = errors.New("an md5_verifier cannot be used with auth " + config.AuthSCRAM)
+		}
+	case config.AuthMD5:
+		switch {
+		case u.MD5Verifier != "":
+			pu.md5, err = parseMD5Verifier(u.MD5Verifier)
+		case u.Password != "":
+			pu.md5 = md5Hex(u.Password, u.Name)
+		default:
+			err = errors.New("a scram_verifier cannot be used with auth " + config.AuthMD5)
+		}
+	case config.AuthPassword:
+		switch {
+		case u.SCRAMVerifier != "":
+			pu.scram, err = ParseSCRAMVerifier(u.SCRAMVerifier)
+		case u.MD5Verifier != "":
+			pu.md5, err = parseMD5Verifier(u.MD5Verifier)
+		default:
+			pu.plainMAC = a.plainMAC(u.Password)
+		}
+	default:
+		err = fmt.Errorf("unknown auth method %q", u.Auth)
+	}
+	return pu, err
+}
+
+func (a *PasswordAuth) plainMAC(password string) []byte {
+	mac := hmac.New(sha256.New, a.mockKey)
+	mac.Write([]byte(password))
+	return mac.Sum(nil)
+}
+
+// md5Hex is PostgreSQL's md5 password digest: hex(md5(password || user)).
+func md5Hex(password, user string) []byte {
+	sum := md5.Sum([]byte(password + user))
+	return hex.AppendEncode(nil, sum[:])
+}
+
+// parseMD5Verifier checks PostgreSQL's stored md5 format, "md5" followed by
+// 32 lower-case hex digits, and returns the digits. Errors do not quote s.
+func parseMD5Verifier(s string) ([]byte, error) {
+	digest, ok := strings.CutPrefix(s, "md5")
+	if !ok || len(digest) != 2*md5.Size || strings.ToLower(digest) != digest {
+		return nil, errors.New("invalid md5 verifier: want md5 followed by 32 lower-case hex digits")
+	}
+	if _, err := hex.DecodeString(digest); err != nil {
+		return nil, errors.New("invalid md5 verifier: want md5 followed by 32 lower-case hex digits")
+	}
+	return []byte(digest), nil
+}
+
+// MD5Verifier returns PostgreSQL's stored md5 password for user, for
+// md5_verifier in the config. It depends on the user name: renaming the
+// user invalidates it.
+func MD5Verifier(password, user string) string {
+	return "md5" + string(md5Hex(password, user))
 }
 
 // newCredentials derives SCRAM-SHA-256 credentials with a random salt.
@@ -144,20 +259,27 @@ func newCredentials(password string) (scram.StoredCredentials, error) {
 	if _, err := rand.Read(salt); err != nil {
 		return scram.StoredCredentials{}, fmt.Errorf("salt: %w", err)
 	}
-	// Like PostgreSQL (and libpq), SASLprep the password if it can be
-	// prepared and use the raw bytes otherwise, so that any password a
-	// PostgreSQL client can send works.
-	c, err := scram.SHA256.NewClient("", password, "")
+	c, err := newSCRAMClient(password)
 	if err != nil {
-		if c, err = scram.SHA256.NewClientUnprepped("", password, ""); err != nil {
-			return scram.StoredCredentials{}, err
-		}
+		return scram.StoredCredentials{}, err
 	}
 	creds, err := c.GetStoredCredentialsWithError(scram.KeyFactors{Salt: string(salt), Iters: scramIterations})
 	if err != nil {
 		return scram.StoredCredentials{}, fmt.Errorf("derive SCRAM keys: %w", err)
 	}
 	return creds, nil
+}
+
+// newSCRAMClient returns a client that derives keys from password. Like
+// PostgreSQL (and libpq), it SASLpreps the password if it can be prepared
+// and uses the raw bytes otherwise, so that any password a PostgreSQL
+// client can send works.
+func newSCRAMClient(password string) (*scram.Client, error) {
+	c, err := scram.SHA256.NewClient("", password, "")
+	if err != nil {
+		return scram.SHA256.NewClientUnprepped("", password, "")
+	}
+	return c, nil
 }
 
 // SCRAMVerifier returns a PostgreSQL-format SCRAM-SHA-256 verifier for
@@ -232,18 +354,34 @@ func (a *PasswordAuth) mockCredentials(user string) (scram.StoredCredentials, er
 	}, nil
 }
 
-// Authenticate runs the SCRAM-SHA-256 exchange (RFC 5802 / 7677, no channel
-// binding) for the startup user. On success it has sent AuthenticationSASL,
+// Authenticate runs the user's authentication method for the startup user.
+// An unknown user is challenged with the method most configured users have
+// and fails with the same error as a wrong password, after the client has
+// answered. See Authenticator for the error contract.
+func (a *PasswordAuth) Authenticate(c authConn, user string) (Identity, error) {
+	u, known := a.users[user]
+	if !known {
+		u = a.mock
+	}
+	switch u.method {
+	case config.AuthMD5:
+		return a.authMD5(c, user, u, known)
+	case config.AuthPassword:
+		return a.authCleartext(c, user, u, known)
+	}
+	return a.authSCRAM(c, user, u, known)
+}
+
+// authSCRAM runs the SCRAM-SHA-256 exchange (RFC 5802 / 7677, no channel
+// binding). On success it has sent AuthenticationSASL,
 // AuthenticationSASLContinue, AuthenticationSASLFinal and AuthenticationOk.
 // An unknown user goes through the same exchange against mock credentials
-// and fails at the proof with the same error as a wrong password. See
-// Authenticator for the error contract.
+// and fails at the proof.
 //
 // As in PostgreSQL, the user name inside the SCRAM messages is ignored (libpq
 // sends an empty one): the startup user is the one authenticated.
-func (a *PasswordAuth) Authenticate(c authConn, user string) (Identity, error) {
-	u, known := a.users[user]
-	creds := u.creds
+func (a *PasswordAuth) authSCRAM(c authConn, user string, u passwordUser, known bool) (Identity, error) {
+	creds := u.scram
 	if !known {
 		var err error
 		if creds, err = a.mockCredentials(user); err != nil {
@@ -261,7 +399,7 @@ func (a *PasswordAuth) Authenticate(c authConn, user string) (Identity, error) {
 	}
 
 	// client-first-message
-	msg, err := nextSASL(c)
+	msg, err := nextPasswordMessage(c, "SASL response")
 	if err != nil {
 		return Identity{}, err
 	}
@@ -284,7 +422,7 @@ func (a *PasswordAuth) Authenticate(c authConn, user string) (Identity, error) {
 	}
 
 	// client-final-message
-	if msg, err = nextSASL(c); err != nil {
+	if msg, err = nextPasswordMessage(c, "SASL response"); err != nil {
 		return Identity{}, err
 	}
 	var final pgproto3.SASLResponse
@@ -314,17 +452,120 @@ func (a *PasswordAuth) Authenticate(c authConn, user string) (Identity, error) {
 	return u.id, nil
 }
 
-// nextSASL reads the client's next message, which must be a SASL response
-// ('p'). The returned bytes are valid until the next read.
-func nextSASL(c authConn) ([]byte, error) {
+// authMD5 runs PostgreSQL's md5 exchange: a random 4-byte salt, and the
+// client answers "md5" || hex(md5(hex(md5(password || user)) || salt)). An
+// unknown user gets a salt too, and fails once it has answered.
+func (a *PasswordAuth) authMD5(c authConn, user string, u passwordUser, known bool) (Identity, error) {
+	var salt [4]byte
+	if _, err := rand.Read(salt[:]); err != nil {
+		return Identity{}, fmt.Errorf("md5 salt: %w", err)
+	}
+	if err := sendFlush(c, &pgproto3.AuthenticationMD5Password{Salt: salt}); err != nil {
+		return Identity{}, err
+	}
+	got, err := readPassword(c)
+	if err != nil {
+		return Identity{}, err
+	}
+	if !known {
+		return Identity{}, passwordFailed(user, AuthReasonUnknownUser, errors.New("unknown user"))
+	}
+	sum := md5.Sum(append(append([]byte(nil), u.md5...), salt[:]...))
+	want := "md5" + hex.EncodeToString(sum[:])
+	if subtle.ConstantTimeCompare([]byte(got), []byte(want)) != 1 {
+		return Identity{}, passwordFailed(user, AuthReasonBadPassword, errors.New("md5 response does not match"))
+	}
+	if err := sendFlush(c, &pgproto3.AuthenticationOk{}); err != nil {
+		return Identity{}, err
+	}
+	return u.id, nil
+}
+
+// authCleartext asks for the password in clear (AuthenticationCleartextPassword).
+// Without TLS it refuses (28000) before the client sends anything, unless
+// the user allows it: the password would cross the network readable.
+func (a *PasswordAuth) authCleartext(c authConn, user string, u passwordUser, known bool) (Identity, error) {
+	if !c.Encrypted() && !u.cleartextWithoutTLS {
+		return Identity{}, &AuthError{
+			SQLState: "28000", // invalid_authorization_specification, as a pg_hba rejection
+			Message:  `pgmoat: password authentication for user "` + user + `" sends the password in clear and needs TLS; connect with sslmode=require or stronger`,
+			Reason:   AuthReasonTLSRequired,
+		}
+	}
+	if err := sendFlush(c, &pgproto3.AuthenticationCleartextPassword{}); err != nil {
+		return Identity{}, err
+	}
+	got, err := readPassword(c)
+	if err != nil {
+		return Identity{}, err
+	}
+	if !known {
+		return Identity{}, passwordFailed(user, AuthReasonUnknownUser, errors.New("unknown user"))
+	}
+	if got == "" { // PostgreSQL refuses it before looking at the credential
+		return Identity{}, passwordFailed(user, AuthReasonBadPassword, errors.New("empty password"))
+	}
+	ok, err := a.checkPlain(u, user, got)
+	if err != nil {
+		return Identity{}, passwordFailed(user, AuthReasonBadPassword, err)
+	}
+	if !ok {
+		return Identity{}, passwordFailed(user, AuthReasonBadPassword, errors.New("password does not match"))
+	}
+	if err := sendFlush(c, &pgproto3.AuthenticationOk{}); err != nil {
+		return Identity{}, err
+	}
+	return u.id, nil
+}
+
+// checkPlain compares a cleartext password with whichever credential u has,
+// in constant time.
+func (a *PasswordAuth) checkPlain(u passwordUser, user, password string) (bool, error) {
+	switch {
+	case u.plainMAC != nil:
+		return hmac.Equal(a.plainMAC(password), u.plainMAC), nil
+	case u.md5 != nil:
+		return subtle.ConstantTimeCompare(md5Hex(password, user), u.md5) == 1, nil
+	}
+	// A SCRAM verifier: derive the StoredKey from the password with its
+	// salt and iterations (one PBKDF2 run), as PostgreSQL's
+	// scram_verify_plain_password does.
+	sc, err := newSCRAMClient(password)
+	if err != nil {
+		return false, err
+	}
+	creds, err := sc.GetStoredCredentialsWithError(u.scram.KeyFactors)
+	if err != nil {
+		return false, fmt.Errorf("derive SCRAM keys: %w", err)
+	}
+	return hmac.Equal(creds.StoredKey, u.scram.StoredKey), nil
+}
+
+// readPassword reads a PasswordMessage and returns the password.
+func readPassword(c authConn) (string, error) {
+	msg, err := nextPasswordMessage(c, "password response")
+	if err != nil {
+		return "", err
+	}
+	var pm pgproto3.PasswordMessage
+	if err := pm.Decode(msg[5:]); err != nil {
+		return "", protocolError("invalid password packet", err)
+	}
+	return pm.Password, nil
+}
+
+// nextPasswordMessage reads the client's next message, which must be a
+// password, SASL or GSS response ('p'); what names it in errors. The
+// returned bytes are valid until the next read.
+func nextPasswordMessage(c authConn, what string) ([]byte, error) {
 	typ, msg, err := c.Next()
 	switch {
 	case errors.Is(err, errMessageTooLarge):
-		return nil, protocolError("invalid SASL response message", err)
+		return nil, protocolError("invalid "+what+" message", err)
 	case err != nil:
-		return nil, connError("read SASL response", err)
+		return nil, connError("read "+what, err)
 	case typ != 'p':
-		return nil, protocolError(fmt.Sprintf("expected SASL response, got message type %d", typ), nil)
+		return nil, protocolError(fmt.Sprintf("expected %s, got message type %d", what, typ), nil)
 	}
 	return msg, nil
 }

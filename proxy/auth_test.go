@@ -2,15 +2,20 @@ package proxy
 
 import (
 	"context"
+	"crypto/md5"
+	"crypto/tls"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/xdg-go/scram"
@@ -30,11 +35,14 @@ const (
 type authTestConn struct {
 	*msgReader
 	*msgWriter
+	encrypted bool
 }
 
 func newAuthTestConn(c net.Conn) *authTestConn {
-	return &authTestConn{newMsgReader(c, 1<<16), newMsgWriter(c)}
+	return &authTestConn{msgReader: newMsgReader(c, 1<<16), msgWriter: newMsgWriter(c)}
 }
+
+func (c *authTestConn) Encrypted() bool { return c.encrypted }
 
 func testPasswordAuth(t *testing.T) *PasswordAuth {
 	t.Helper()
@@ -55,6 +63,13 @@ func testPasswordAuth(t *testing.T) *PasswordAuth {
 // gets an error rather than hanging.
 func runAuth(t *testing.T, a Authenticator, user string, prepare func(net.Conn), client func(*pgproto3.Frontend) error) (Identity, error, error) {
 	t.Helper()
+	return runAuthOn(t, a, user, false, prepare, client)
+}
+
+// runAuthOn is runAuth on a connection that reports encrypted as its TLS
+// state.
+func runAuthOn(t *testing.T, a Authenticator, user string, encrypted bool, prepare func(net.Conn), client func(*pgproto3.Frontend) error) (Identity, error, error) {
+	t.Helper()
 	cc, sc := net.Pipe()
 	if prepare != nil {
 		prepare(sc)
@@ -65,7 +80,9 @@ func runAuth(t *testing.T, a Authenticator, user string, prepare func(net.Conn),
 	}
 	done := make(chan result, 1)
 	go func() {
-		id, err := a.Authenticate(newAuthTestConn(sc), user)
+		conn := newAuthTestConn(sc)
+		conn.encrypted = encrypted
+		id, err := a.Authenticate(conn, user)
 		sc.Close()
 		done <- result{id, err}
 	}()
@@ -473,4 +490,266 @@ func serveAuthOnly(a Authenticator, c net.Conn) {
 	conn.Flush()
 	// Wait for Terminate or EOF.
 	conn.Next()
+}
+
+// md5Client answers AuthenticationMD5Password as libpq does.
+func md5Client(user, password string) func(*pgproto3.Frontend) error {
+	return func(fe *pgproto3.Frontend) error {
+		req, err := receive[*pgproto3.AuthenticationMD5Password](fe)
+		if err != nil {
+			return err
+		}
+		inner := md5Hex(password, user)
+		sum := md5.Sum(append(inner, req.Salt[:]...))
+		fe.Send(&pgproto3.PasswordMessage{Password: "md5" + hex.EncodeToString(sum[:])})
+		if err := fe.Flush(); err != nil {
+			return err
+		}
+		_, err = receive[*pgproto3.AuthenticationOk](fe)
+		return err
+	}
+}
+
+// cleartextClient answers AuthenticationCleartextPassword.
+func cleartextClient(password string) func(*pgproto3.Frontend) error {
+	return func(fe *pgproto3.Frontend) error {
+		if _, err := receive[*pgproto3.AuthenticationCleartextPassword](fe); err != nil {
+			return err
+		}
+		fe.Send(&pgproto3.PasswordMessage{Password: password})
+		if err := fe.Flush(); err != nil {
+			return err
+		}
+		_, err := receive[*pgproto3.AuthenticationOk](fe)
+		return err
+	}
+}
+
+// methodUsers has a user of every method and credential kind. The md5
+// verifier was computed independently (Python hashlib) as PostgreSQL
+// stores it: "md5" || hex(md5(password || user)).
+var methodUsers = []config.User{
+	{Name: "scram_pw", Password: "pw1", Tenant: "acme"},
+	{Name: "md5_pw", Auth: config.AuthMD5, Password: "pw2", Tenant: "acme"},
+	{Name: "legacy_app", Auth: config.AuthMD5, MD5Verifier: "md511ad2f8aab838ecc0045d58772751ac3", Tenant: "globex"},
+	{Name: "clear_pw", Auth: config.AuthPassword, Password: "pw3", Tenant: "acme"},
+	{Name: "clear_scram", Auth: config.AuthPassword, SCRAMVerifier: pgVerifier, Tenant: "globex"},
+	{Name: "clear_md5", Auth: config.AuthPassword, MD5Verifier: MD5Verifier("legacy-secret", "clear_md5"), Tenant: "globex"},
+	{Name: "clear_lan", Auth: config.AuthPassword, AllowCleartextWithoutTLS: true, Password: "pw4", Tenant: "acme"},
+}
+
+func TestMD5Verifier(t *testing.T) {
+	if got, want := MD5Verifier("legacy-secret", "legacy_app"), "md511ad2f8aab838ecc0045d58772751ac3"; got != want {
+		t.Errorf("MD5Verifier = %s, want %s", got, want)
+	}
+}
+
+func TestAuthMethods(t *testing.T) {
+	a, err := NewPasswordAuth(methodUsers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name      string
+		user      string
+		encrypted bool
+		client    func(*pgproto3.Frontend) error
+		sqlstate  string // "" means success
+		reason    string
+	}{
+		{"md5 password", "md5_pw", false, md5Client("md5_pw", "pw2"), "", ""},
+		{"md5 verifier", "legacy_app", false, md5Client("legacy_app", "legacy-secret"), "", ""},
+		{"md5 wrong password", "md5_pw", false, md5Client("md5_pw", "pw3"), "28P01", AuthReasonBadPassword},
+		// The digest is salted with the user name: another name's digest
+		// of the right password does not match.
+		{"md5 digest for another user", "md5_pw", false, md5Client("scram_pw", "pw2"), "28P01", AuthReasonBadPassword},
+		{"cleartext over TLS", "clear_pw", true, cleartextClient("pw3"), "", ""},
+		{"cleartext against a SCRAM verifier", "clear_scram", true, cleartextClient(pgVerifierPassword), "", ""},
+		{"cleartext against an md5 verifier", "clear_md5", true, cleartextClient("legacy-secret"), "", ""},
+		{"cleartext allowed without TLS", "clear_lan", false, cleartextClient("pw4"), "", ""},
+		{"cleartext wrong password", "clear_pw", true, cleartextClient("pw4"), "28P01", AuthReasonBadPassword},
+		{"cleartext wrong password, SCRAM verifier", "clear_scram", true, cleartextClient("wrong"), "28P01", AuthReasonBadPassword},
+		{"cleartext wrong password, md5 verifier", "clear_md5", true, cleartextClient("wrong"), "28P01", AuthReasonBadPassword},
+		{"cleartext empty password", "clear_pw", true, cleartextClient(""), "28P01", AuthReasonBadPassword},
+		{"cleartext without TLS", "clear_pw", false, cleartextClient("pw3"), "28000", AuthReasonTLSRequired},
+		{"cleartext without TLS, verifier", "clear_scram", false, cleartextClient(pgVerifierPassword), "28000", AuthReasonTLSRequired},
+		{"scram unchanged", "scram_pw", false, scramClient("pw1"), "", ""},
+		{"md5 answered with SASL", "md5_pw", false, func(fe *pgproto3.Frontend) error {
+			if _, err := receive[*pgproto3.AuthenticationMD5Password](fe); err != nil {
+				return err
+			}
+			fe.Send(&pgproto3.Query{String: "select 1"})
+			if err := fe.Flush(); err != nil {
+				return err
+			}
+			_, err := fe.Receive()
+			return err
+		}, "08P01", AuthReasonProtocol},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			id, err, clientErr := runAuthOn(t, a, tt.user, tt.encrypted, nil, tt.client)
+			if tt.sqlstate == "" {
+				if err != nil || clientErr != nil {
+					t.Fatalf("server: %v, client: %v", err, clientErr)
+				}
+				if id.User != tt.user {
+					t.Errorf("identity %+v, want user %s", id, tt.user)
+				}
+				return
+			}
+			wantAuthError(t, err, tt.sqlstate, tt.reason)
+			if clientErr == nil {
+				t.Error("client saw the exchange succeed")
+			}
+		})
+	}
+}
+
+// Without TLS a cleartext user is refused before the server asks for the
+// password, so the client never sends it.
+func TestAuthCleartextRefusedBeforeAsking(t *testing.T) {
+	a, err := NewPasswordAuth(methodUsers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err, _ = runAuth(t, a, "clear_pw", nil, func(fe *pgproto3.Frontend) error {
+		msg, err := fe.Receive()
+		if err == nil {
+			t.Errorf("server sent %T to a plaintext cleartext-password client", msg)
+		}
+		return err
+	})
+	wantAuthError(t, err, "28000", AuthReasonTLSRequired)
+}
+
+// An unknown user is challenged with the method most users have and fails
+// only after answering, with a wrong password's message.
+func TestAuthUnknownUserMethod(t *testing.T) {
+	tests := []struct {
+		name      string
+		users     []config.User
+		encrypted bool
+		client    func(*pgproto3.Frontend) error
+		sqlstate  string
+		reason    string
+	}{
+		{"scram by default", []config.User{
+			{Name: "a", Password: "x", Tenant: "t"},
+			{Name: "b", Auth: config.AuthMD5, Password: "x", Tenant: "t"},
+			{Name: "c", Auth: config.AuthPassword, Password: "x", Tenant: "t"},
+		}, false, scramClient("x"), "28P01", AuthReasonUnknownUser},
+		{"md5 when most users have md5", []config.User{
+			{Name: "a", Auth: config.AuthMD5, Password: "x", Tenant: "t"},
+			{Name: "b", Auth: config.AuthMD5, Password: "x", Tenant: "t"},
+			{Name: "c", Password: "x", Tenant: "t"},
+		}, false, md5Client("nobody", "x"), "28P01", AuthReasonUnknownUser},
+		{"cleartext when most users have it", []config.User{
+			{Name: "a", Auth: config.AuthPassword, Password: "x", Tenant: "t"},
+		}, true, cleartextClient("x"), "28P01", AuthReasonUnknownUser},
+		{"cleartext without TLS as for the known users", []config.User{
+			{Name: "a", Auth: config.AuthPassword, Password: "x", Tenant: "t"},
+		}, false, cleartextClient("x"), "28000", AuthReasonTLSRequired},
+		{"cleartext without TLS allowed for every cleartext user", []config.User{
+			{Name: "a", Auth: config.AuthPassword, AllowCleartextWithoutTLS: true, Password: "x", Tenant: "t"},
+		}, false, cleartextClient("x"), "28P01", AuthReasonUnknownUser},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a, err := NewPasswordAuth(tt.users)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err, _ = runAuthOn(t, a, "nobody", tt.encrypted, nil, tt.client)
+			ae := wantAuthError(t, err, tt.sqlstate, tt.reason)
+			if tt.sqlstate == "28P01" && ae.Message != `password authentication failed for user "nobody"` {
+				t.Errorf("message %q differs from a wrong password's", ae.Message)
+			}
+		})
+	}
+}
+
+func TestNewPasswordAuthMethodErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		user config.User
+	}{
+		{"md5 with SCRAM verifier", config.User{Name: "a", Auth: config.AuthMD5, SCRAMVerifier: pgVerifier}},
+		{"scram with md5 verifier", config.User{Name: "a", MD5Verifier: "md5" + strings.Repeat("0", 32)}},
+		{"bad md5 verifier", config.User{Name: "a", Auth: config.AuthMD5, MD5Verifier: "md5xyz"}},
+		{"upper-case md5 verifier", config.User{Name: "a", Auth: config.AuthMD5, MD5Verifier: "md5" + strings.Repeat("A", 32)}},
+		{"two credentials", config.User{Name: "a", Auth: config.AuthPassword, Password: "x", MD5Verifier: "md5" + strings.Repeat("0", 32)}},
+		{"unknown method", config.User{Name: "a", Auth: "trust", Password: "x"}},
+		{"cleartext flag on md5", config.User{Name: "a", Auth: config.AuthMD5, AllowCleartextWithoutTLS: true, Password: "x"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := NewPasswordAuth([]config.User{tt.user}); err == nil {
+				t.Error("no error")
+			}
+		})
+	}
+}
+
+// TestAuthMethodsThroughProxy logs in with pgx's own md5 and cleartext
+// implementations, over TLS and not, and checks that each login lands in
+// its tenant.
+func TestAuthMethodsThroughProxy(t *testing.T) {
+	certFile, keyFile := writeTestCert(t, t.TempDir())
+	clearVerifier, err := SCRAMVerifier("clear_secret")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := startProxy(t, func(c *config.Config) {
+		c.TLS = config.TLS{CertFile: certFile, KeyFile: keyFile}
+		c.Users = append(slices.Clone(c.Users),
+			config.User{Name: "md5_app", Auth: config.AuthMD5, Password: "md5_secret", Tenant: "acme"},
+			config.User{Name: "md5v_app", Auth: config.AuthMD5, MD5Verifier: MD5Verifier("md5v_secret", "md5v_app"), Tenant: "globex"},
+			config.User{Name: "clear_app", Auth: config.AuthPassword, SCRAMVerifier: clearVerifier, Tenant: "globex"},
+			config.User{Name: "lan_app", Auth: config.AuthPassword, AllowCleartextWithoutTLS: true, Password: "lan_secret", Tenant: "acme"},
+		)
+	})
+	tests := []struct {
+		user, password string
+		tls            bool
+		tenant         string // "" when the login fails
+		sqlstate       string
+	}{
+		{"md5_app", "md5_secret", false, "acme", ""},
+		{"md5_app", "md5_secret", true, "acme", ""},
+		{"md5v_app", "md5v_secret", false, "globex", ""},
+		{"md5_app", "wrong", false, "", "28P01"},
+		{"clear_app", "clear_secret", true, "globex", ""},
+		{"clear_app", "clear_secret", false, "", "28000"},
+		{"clear_app", "wrong", true, "", "28P01"},
+		{"lan_app", "lan_secret", false, "acme", ""},
+		{"lan_app", "lan_secret", true, "acme", ""},
+		{"acme_app", "acme_secret", true, "acme", ""}, // SCRAM unchanged
+		{"nobody", "x", false, "", "28P01"},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("%s/tls=%v/%s", tt.user, tt.tls, tt.password), func(t *testing.T) {
+			dsn := p.dsn(tt.user, tt.password)
+			if tt.tls {
+				dsn = strings.Replace(dsn, "sslmode=disable", "sslmode=verify-full sslrootcert="+certFile, 1)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			conn, err := pgx.Connect(ctx, dsn)
+			if tt.sqlstate != "" {
+				if got := sqlstate(err); got != tt.sqlstate {
+					t.Fatalf("connect: %v, want SQLSTATE %s", err, tt.sqlstate)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close(context.Background())
+			if _, encrypted := conn.PgConn().Conn().(*tls.Conn); encrypted != tt.tls {
+				t.Errorf("encrypted = %v", encrypted)
+			}
+			wantOnly(t, tenantsOf(t, conn, "select tenant_id from orders"), tt.tenant)
+		})
+	}
 }

@@ -32,6 +32,8 @@ type testProxy struct {
 	reg     *prometheus.Registry
 	metrics *Metrics
 	cluster *pgtest.Cluster
+	srv     *Server
+	audit   *lockedBuffer // the audit log's JSON lines
 }
 
 var testUsers = []config.User{
@@ -75,8 +77,9 @@ func startProxy(t *testing.T, edit func(*config.Config)) *testProxy {
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
+	audit := &lockedBuffer{}
 	srv := NewServer(Options{
-		Config: cfg, Logger: log, Audit: log, Metrics: m, Auth: auth, Connector: connector,
+		Config: cfg, Logger: log, Audit: NewAuditLog(audit, cfg.Log), Metrics: m, Auth: auth, Connector: connector,
 		Engine: func() *policy.Engine { return engine }, Database: "app", TLS: tlsConfig,
 	})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -86,7 +89,7 @@ func startProxy(t *testing.T, edit func(*config.Config)) *testProxy {
 	done := make(chan struct{})
 	go func() { srv.Serve(ctx, ln); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	return &testProxy{addr: ln.Addr().String(), reg: reg, metrics: m, cluster: c}
+	return &testProxy{addr: ln.Addr().String(), reg: reg, metrics: m, cluster: c, srv: srv, audit: audit}
 }
 
 func (p *testProxy) dsn(user, password string) string {

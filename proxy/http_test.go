@@ -16,25 +16,41 @@ func TestHTTPHandler(t *testing.T) {
 	m := NewMetrics(reg, 10)
 	m.ClientConnected()
 	var readyErr error
-	h := NewHTTPHandler(reg, func() error { return readyErr })
+	ready := func() error { return readyErr }
+	plain := NewHTTPHandler(reg, ready)
+	profiled := NewHTTPHandler(reg, ready, HTTPOptions{Pprof: true})
 
 	tests := []struct {
 		name, method, path string
+		pprof              bool
 		readyErr           error
 		code               int
 		body               string // a substring of the response body
 	}{
-		{"metrics", "GET", "/metrics", nil, 200, "pgmoat_client_connections 1"},
-		{"healthz", "GET", "/healthz", nil, 200, "ok"},
-		{"healthz while not ready", "GET", "/healthz", errors.New("upstream unreachable"), 200, "ok"},
-		{"ready", "GET", "/readyz", nil, 200, "ok"},
-		{"not ready", "GET", "/readyz", errors.New("upstream unreachable"), 503, "upstream unreachable"},
-		{"unknown path", "GET", "/", nil, 404, ""},
-		{"wrong method", "POST", "/healthz", nil, 405, ""},
+		{"metrics", "GET", "/metrics", false, nil, 200, `pgmoat_client_connections{state="authenticating"} 1`},
+		{"healthz", "GET", "/healthz", false, nil, 200, "ok"},
+		{"healthz while not ready", "GET", "/healthz", false, errors.New("upstream unreachable"), 200, "ok"},
+		{"ready", "GET", "/readyz", false, nil, 200, "ok"},
+		{"not ready", "GET", "/readyz", false, errors.New("upstream: connection refused"), 503, "upstream: connection refused"},
+		{"not ready, two reasons", "GET", "/readyz", false,
+			errors.Join(errors.New("catalog: not loaded"), errors.New("upstream: connection refused")),
+			503, "catalog: not loaded\nupstream: connection refused\n"},
+		{"unknown path", "GET", "/", false, nil, 404, ""},
+		{"wrong method", "POST", "/healthz", false, nil, 405, ""},
+		{"pprof off", "GET", "/debug/pprof/", false, nil, 404, ""},
+		{"pprof off, a profile", "GET", "/debug/pprof/cmdline", false, nil, 404, ""},
+		{"pprof index", "GET", "/debug/pprof/", true, nil, 200, "goroutine"},
+		{"pprof goroutines", "GET", "/debug/pprof/goroutine?debug=1", true, nil, 200, "goroutine profile"},
+		{"pprof cmdline", "GET", "/debug/pprof/cmdline", true, nil, 200, ""},
+		{"pprof keeps the rest", "GET", "/readyz", true, nil, 200, "ok"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			readyErr = tt.readyErr
+			h := plain
+			if tt.pprof {
+				h = profiled
+			}
 			rec := httptest.NewRecorder()
 			h.ServeHTTP(rec, httptest.NewRequest(tt.method, tt.path, nil))
 			res := rec.Result()

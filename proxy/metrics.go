@@ -28,11 +28,31 @@ const (
 	DecisionAdmin   = "admin"   // run by an admin identity, bypassing the policy
 )
 
-// Config reload results: the pgmoat_config_reloads_total result label.
+// Config reload and catalog refresh results: the result label of
+// pgmoat_config_reloads_total and pgmoat_catalog_refreshes_total.
 const (
 	ReloadSuccess = "success"
 	ReloadFailure = "failure"
 )
+
+// connState is a client connection's state: the state label of
+// pgmoat_client_connections.
+type connState int
+
+const (
+	// stateAuthenticating: not serving statements yet (startup, TLS,
+	// authentication, connecting upstream) or no longer (closing).
+	stateAuthenticating connState = iota
+	// stateIdle: ready, waiting for the client's next statement (inside a
+	// transaction or not).
+	stateIdle
+	// stateActive: a client batch (a Query, or extended-protocol messages
+	// up to Sync) has been sent and its ReadyForQuery not yet relayed.
+	stateActive
+	numConnStates
+)
+
+var connStateNames = [numConnStates]string{"authenticating", "idle", "active"}
 
 const (
 	// otherLabel stands for every tenant or relation past the label cap.
@@ -46,8 +66,10 @@ const (
 // and relation, which are capped.
 //
 //	name                                   type       labels
-//	pgmoat_client_connections              gauge
+//	pgmoat_client_connections              gauge      state (authenticating, idle, active)
 //	pgmoat_client_connections_total        counter    result (Result*)
+//	pgmoat_client_bytes_received_total     counter
+//	pgmoat_client_bytes_sent_total         counter
 //	pgmoat_auth_failures_total             counter    reason (AuthReason*)
 //	pgmoat_statements_total                counter    decision (Decision*)
 //	pgmoat_blocked_statements_total        counter    tenant (capped), reason (policy.Reason), relation (capped at 200)
@@ -58,12 +80,18 @@ const (
 //	pgmoat_policy_cache_misses_total       counter    read from ObservePolicyCache's func
 //	pgmoat_policy_cache_entries            gauge      read from ObservePolicyCache's func
 //	pgmoat_policy_decision_seconds         histogram  1µs..10ms
+//	pgmoat_statement_duration_seconds      histogram  100µs..30s
+//	pgmoat_catalog_refreshes_total         counter    result (Reload*)
 //	pgmoat_config_reloads_total            counter    result (Reload*)
 //	pgmoat_config_last_reload_successful   gauge      1 or 0
+//	pgmoat_config_last_reload_success_timestamp_seconds  gauge  Unix time of the startup load or the last good reload
 //	pgmoat_build_info                      gauge      version, goversion; always 1
 type Metrics struct {
-	clientConns      prometheus.Gauge
+	clientConns      *prometheus.GaugeVec
+	connStates       [numConnStates]prometheus.Gauge // clientConns' series, resolved once
 	clientConnsTotal *prometheus.CounterVec
+	bytesReceived    prometheus.Counter
+	bytesSent        prometheus.Counter
 	authFailures     *prometheus.CounterVec
 	statements       *prometheus.CounterVec
 	blocked          *prometheus.CounterVec
@@ -71,8 +99,11 @@ type Metrics struct {
 	upstreamConns    prometheus.Gauge
 	upstreamErrors   prometheus.Counter
 	decisionSeconds  prometheus.Histogram
+	statementSeconds prometheus.Histogram
+	refreshes        *prometheus.CounterVec
 	reloads          *prometheus.CounterVec
 	reloadOK         prometheus.Gauge
+	reloadTime       prometheus.Gauge
 	buildInfo        *prometheus.GaugeVec
 	policyCache      *cacheCollector
 
@@ -85,14 +116,22 @@ type Metrics struct {
 // tenantCap <= 0 counts every tenant as "other".
 func NewMetrics(reg prometheus.Registerer, tenantCap int) *Metrics {
 	m := &Metrics{
-		clientConns: prometheus.NewGauge(prometheus.GaugeOpts{
+		clientConns: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "pgmoat_client_connections",
-			Help: "Client connections currently open.",
-		}),
+			Help: "Client connections currently open, by state: authenticating (not ready yet, or closing), idle (waiting for the client), active (a statement in progress).",
+		}, []string{"state"}),
 		clientConnsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pgmoat_client_connections_total",
 			Help: "Client connections closed, by how they ended.",
 		}, []string{"result"}),
+		bytesReceived: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pgmoat_client_bytes_received_total",
+			Help: "Bytes of protocol messages received from clients after authentication.",
+		}),
+		bytesSent: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pgmoat_client_bytes_sent_total",
+			Help: "Bytes of protocol messages relayed to clients after authentication.",
+		}),
 		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pgmoat_auth_failures_total",
 			Help: "Failed client authentications, by reason.",
@@ -124,6 +163,17 @@ func NewMetrics(reg prometheus.Registerer, tenantCap int) *Metrics {
 				1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2,
 			},
 		}),
+		statementSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "pgmoat_statement_duration_seconds",
+			Help: "Time from a client's Query or Sync passing through pgmoat to the ReadyForQuery that answers it (the database's time included).",
+			Buckets: []float64{
+				1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+			},
+		}),
+		refreshes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgmoat_catalog_refreshes_total",
+			Help: "Catalog snapshot loads from the upstream database, by result.",
+		}, []string{"result"}),
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pgmoat_config_reloads_total",
 			Help: "Configuration reloads, by result.",
@@ -131,6 +181,10 @@ func NewMetrics(reg prometheus.Registerer, tenantCap int) *Metrics {
 		reloadOK: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "pgmoat_config_last_reload_successful",
 			Help: "Whether the last configuration reload succeeded (1) or was refused (0).",
+		}),
+		reloadTime: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pgmoat_config_last_reload_success_timestamp_seconds",
+			Help: "Unix time of the last configuration load that succeeded: at startup or on reload.",
 		}),
 		buildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "pgmoat_build_info",
@@ -141,9 +195,10 @@ func NewMetrics(reg prometheus.Registerer, tenantCap int) *Metrics {
 		relations:   newLabelCap(relationLabelCap),
 	}
 	reg.MustRegister(
-		m.clientConns, m.clientConnsTotal, m.authFailures, m.statements, m.blocked,
+		m.clientConns, m.clientConnsTotal, m.bytesReceived, m.bytesSent,
+		m.authFailures, m.statements, m.blocked,
 		m.injections, m.upstreamConns, m.upstreamErrors, m.decisionSeconds,
-		m.reloads, m.reloadOK, m.buildInfo, m.policyCache,
+		m.statementSeconds, m.refreshes, m.reloads, m.reloadOK, m.reloadTime, m.buildInfo, m.policyCache,
 	)
 
 	// Create the closed-set series up front, so that they read 0 rather
@@ -151,7 +206,7 @@ func NewMetrics(reg prometheus.Registerer, tenantCap int) *Metrics {
 	for _, r := range []string{ResultOK, ResultAuthFailed, ResultProtocolError, ResultUpstreamError, ResultRefused} {
 		m.clientConnsTotal.WithLabelValues(r)
 	}
-	for _, r := range []string{AuthReasonUnknownUser, AuthReasonBadPassword, AuthReasonProtocol, AuthReasonTimeout} {
+	for _, r := range []string{AuthReasonUnknownUser, AuthReasonBadPassword, AuthReasonProtocol, AuthReasonTimeout, AuthReasonTLSRequired} {
 		m.authFailures.WithLabelValues(r)
 	}
 	for _, d := range []string{DecisionAllowed, DecisionBlocked, DecisionAudited, DecisionAdmin} {
@@ -159,19 +214,63 @@ func NewMetrics(reg prometheus.Registerer, tenantCap int) *Metrics {
 	}
 	for _, r := range []string{ReloadSuccess, ReloadFailure} {
 		m.reloads.WithLabelValues(r)
+		m.refreshes.WithLabelValues(r)
+	}
+	for s, name := range connStateNames {
+		m.connStates[s] = m.clientConns.WithLabelValues(name)
 	}
 	m.reloadOK.Set(1) // the config loaded at startup is valid, or we would not be running
+	m.reloadTime.SetToCurrentTime()
 	return m
 }
 
-// ClientConnected counts a client connection opening.
-func (m *Metrics) ClientConnected() { m.clientConns.Inc() }
+// ClientConnected counts a client connection opening; it starts in state
+// authenticating.
+func (m *Metrics) ClientConnected() { m.connStates[stateAuthenticating].Inc() }
 
 // ClientDisconnected counts a client connection closing, by result (a
-// Result* constant). Call it once per ClientConnected.
+// Result* constant). Call it once per ClientConnected, when the connection
+// is in state authenticating again (a session that became ready returns to
+// it as it ends).
 func (m *Metrics) ClientDisconnected(result string) {
-	m.clientConns.Dec()
+	m.connStates[stateAuthenticating].Dec()
 	m.clientConnsTotal.WithLabelValues(result).Inc()
+}
+
+// clientState moves one client connection from one state to another.
+func (m *Metrics) clientState(from, to connState) {
+	m.connStates[from].Dec()
+	m.connStates[to].Inc()
+}
+
+// ClientBytesReceived counts n bytes received from a client. Callers add up
+// a batch's messages and call it once per batch, not per message.
+func (m *Metrics) ClientBytesReceived(n int) {
+	if n > 0 {
+		m.bytesReceived.Add(float64(n))
+	}
+}
+
+// ClientBytesSent counts n bytes relayed to a client; like
+// ClientBytesReceived, once per write rather than per message.
+func (m *Metrics) ClientBytesSent(n int) {
+	if n > 0 {
+		m.bytesSent.Add(float64(n))
+	}
+}
+
+// StatementDuration observes the time from a client batch's last message
+// to the ReadyForQuery that answers it.
+func (m *Metrics) StatementDuration(d time.Duration) { m.statementSeconds.Observe(d.Seconds()) }
+
+// CatalogRefreshed counts a catalog snapshot load from upstream; err is why
+// it failed, or nil.
+func (m *Metrics) CatalogRefreshed(err error) {
+	if err != nil {
+		m.refreshes.WithLabelValues(ReloadFailure).Inc()
+		return
+	}
+	m.refreshes.WithLabelValues(ReloadSuccess).Inc()
 }
 
 // AuthFailed counts a failed authentication; reason is an AuthReason*
@@ -214,6 +313,7 @@ func (m *Metrics) ConfigReloaded(err error) {
 	}
 	m.reloads.WithLabelValues(ReloadSuccess).Inc()
 	m.reloadOK.Set(1)
+	m.reloadTime.SetToCurrentTime()
 }
 
 // SetBuildInfo sets pgmoat_build_info for this version; call it once at
@@ -292,4 +392,99 @@ func (c *labelCap) value(v string) string {
 		return v
 	}
 	return otherLabel
+}
+
+// batchRing is how many pipelined batches of one session are timed at once;
+// batches sent while that many are outstanding are not timed.
+const batchRing = 16
+
+// batchClock follows one ready session's client batches, each ended by a
+// Query, Sync or FunctionCall, to the ReadyForQuery that answers it: it
+// observes pgmoat_statement_duration_seconds and moves the session between
+// states idle and active. The client relay calls sent, the server relay
+// answered; the session calls close once as it ends. It allocates nothing
+// per batch.
+//
+// The server answers batches in order, so the oldest outstanding batch is
+// the one a ReadyForQuery answers. A batch end the server ignores (a Sync
+// during COPY FROM STDIN, a Query skipped after an extended-protocol error)
+// gets no ReadyForQuery; settled, if not nil, reports that no reply is
+// owed, and answered then forgets every outstanding batch.
+type batchClock struct {
+	m       *Metrics
+	settled func() bool
+
+	mu           sync.Mutex
+	nSent, nDone uint64 // batches sent and answered; nDone <= nSent
+	starts       [batchRing]struct {
+		seq uint64 // the batch's number + 1; 0 for a slot never used
+		at  time.Time
+	}
+	closed bool
+}
+
+// newBatchClock moves a session that just became ready from authenticating
+// to idle.
+func newBatchClock(m *Metrics, settled func() bool) *batchClock {
+	m.clientState(stateAuthenticating, stateIdle)
+	return &batchClock{m: m, settled: settled}
+}
+
+func (b *batchClock) state() connState {
+	if b.nSent > b.nDone {
+		return stateActive
+	}
+	return stateIdle
+}
+
+// sent records a client batch ending at now, once its last message is
+// queued for the server.
+func (b *batchClock) sent(now time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return
+	}
+	if b.nSent-b.nDone < batchRing {
+		s := &b.starts[b.nSent%batchRing]
+		s.seq, s.at = b.nSent+1, now
+	}
+	if b.nSent == b.nDone {
+		b.m.clientState(stateIdle, stateActive)
+	}
+	b.nSent++
+}
+
+// answered records a ReadyForQuery relayed to the client.
+func (b *batchClock) answered() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed || b.nSent == b.nDone {
+		return
+	}
+	if s := &b.starts[b.nDone%batchRing]; s.seq == b.nDone+1 {
+		b.m.StatementDuration(time.Since(s.at))
+	}
+	b.nDone++
+	// settled is called under b.mu: a batch the client relay queues for
+	// the server before settled looks is owed a reply (settled is false),
+	// and one it queues after is recorded by sent after this returns.
+	if b.nSent > b.nDone && b.settled != nil && b.settled() {
+		b.nDone = b.nSent
+	}
+	if b.nSent == b.nDone {
+		b.m.clientState(stateActive, stateIdle)
+	}
+}
+
+// close moves the session back to authenticating, the state
+// Metrics.ClientDisconnected takes it out of. Later calls do nothing.
+func (b *batchClock) close() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return
+	}
+	b.closed = true
+	b.m.clientState(b.state(), stateAuthenticating)
 }

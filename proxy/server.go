@@ -22,11 +22,14 @@ import (
 
 // Options wires a Server. Every field is required unless it says otherwise.
 type Options struct {
+	// Config is the configuration at startup. Server.Reload replaces it
+	// for the keys that can change while running (config.NeedsRestart);
+	// the rest (TLS, the tenant setting) are read from here.
 	Config    *config.Config
 	Logger    *slog.Logger
-	Audit     *slog.Logger // one JSON line per blocked, audited or admin statement and per auth failure
+	Audit     *AuditLog // one JSON line per blocked, audited or admin statement and per auth failure
 	Metrics   *Metrics
-	Auth      Authenticator
+	Auth      Authenticator // the authenticator at startup; Server.Reload replaces it
 	Connector Connector
 	Engine    func() *policy.Engine // the current policy (swapped on catalog refresh)
 	Database  string                // the only database name clients may ask for
@@ -38,16 +41,22 @@ type Options struct {
 // Server accepts client connections and runs a session for each.
 type Server struct {
 	opts    Options
+	cur     atomic.Pointer[liveConfig] // the running configuration (reload.go)
 	cancels *cancelKeys
 	wg      sync.WaitGroup
 	active  atomic.Int64
 
 	tenantsMu sync.Mutex
 	tenants   map[string]int // open sessions by tenant, for limits.max_tenant_connections
+
+	sessionsMu sync.Mutex
+	sessions   map[*session]struct{} // authenticated sessions, for Reload
 }
 
 func NewServer(o Options) *Server {
-	return &Server{opts: o, cancels: newCancelKeys(), tenants: map[string]int{}}
+	s := &Server{opts: o, cancels: newCancelKeys(), tenants: map[string]int{}, sessions: map[*session]struct{}{}}
+	s.cur.Store(&liveConfig{cfg: o.Config, auth: o.Auth})
+	return s
 }
 
 // acquireTenant counts a session of tenant, or reports false if the tenant
@@ -55,7 +64,7 @@ func NewServer(o Options) *Server {
 func (s *Server) acquireTenant(tenant string) bool {
 	s.tenantsMu.Lock()
 	defer s.tenantsMu.Unlock()
-	if max := s.opts.Config.Limits.MaxTenantConnections; max > 0 && s.tenants[tenant] >= max {
+	if max := s.live().cfg.Limits.MaxTenantConnections; max > 0 && s.tenants[tenant] >= max {
 		return false
 	}
 	s.tenants[tenant]++
@@ -102,7 +111,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	go func() { s.wg.Wait(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(s.opts.Config.Limits.ShutdownTimeout + time.Second):
+	case <-time.After(s.live().cfg.Limits.ShutdownTimeout + time.Second):
 		s.opts.Logger.Warn("sessions still open after the shutdown deadline")
 	}
 	return nil
@@ -114,15 +123,17 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 	defer conn.Close()
 	m := s.opts.Metrics
 	m.ClientConnected()
+	live := s.live()
 	c := &session{
 		srv:  s,
 		conn: conn,
 		log:  s.opts.Logger.With("client", conn.RemoteAddr().String()),
-		cr:   newMsgReader(conn, s.opts.Config.Limits.MaxMessageSize),
+		cr:   newMsgReader(conn, live.cfg.Limits.MaxMessageSize),
 		cw:   newMsgWriter(conn),
 	}
+	c.reload.started = live
 	var err error
-	if n := s.active.Add(1); n > int64(s.opts.Config.Limits.MaxClientConnections) {
+	if n := s.active.Add(1); n > int64(live.cfg.Limits.MaxClientConnections) {
 		err = c.refuse(&clientError{code: "53300", message: "sorry, too many clients already", result: ResultRefused})
 	} else {
 		err = c.run(ctx)

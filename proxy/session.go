@@ -39,7 +39,17 @@ type session struct {
 
 	rw        *rewrite.Session // nil for admin sessions: they bypass the policy
 	pol       policy.Session
-	cancelKey [2]uint32 // the BackendKeyData pgmoat gave the client
+	cancelKey [2]uint32   // the BackendKeyData pgmoat gave the client
+	clock     *batchClock // from ready on: statement timing, idle/active state
+
+	reload sessionReload // the configuration it started with; revocation (reload.go)
+
+	// From relay on (idle.go): reads lets shutdown and the idle timeout
+	// end the client relay; idleTimer is nil without limits.idle_timeout;
+	// admin tracks an admin session's idleness for it.
+	reads     *readStop
+	idleTimer *idleTimer
+	admin     adminState
 }
 
 // Send and Flush and Next make session an authConn for the authenticator.
@@ -48,6 +58,7 @@ func (c *session) Send(msg interface{ Encode([]byte) ([]byte, error) }) error {
 }
 func (c *session) Flush() error                            { return c.cw.Flush() }
 func (c *session) Next() (typ byte, msg []byte, err error) { return c.cr.Next() }
+func (c *session) Encrypted() bool                         { return c.tls }
 
 // run serves the session and returns why it ended (nil for a clean close).
 func (c *session) run(ctx context.Context) (err error) {
@@ -57,7 +68,7 @@ func (c *session) run(ctx context.Context) (err error) {
 		}
 	}()
 	o := c.srv.opts
-	c.conn.SetDeadline(time.Now().Add(o.Config.Limits.AuthTimeout))
+	c.conn.SetDeadline(time.Now().Add(c.reload.started.cfg.Limits.AuthTimeout))
 	st, err := c.startup()
 	if err != nil || st == nil { // st == nil: a cancel request, handled
 		return c.refuse(err)
@@ -72,12 +83,12 @@ func (c *session) run(ctx context.Context) (err error) {
 			return err
 		}
 	}
-	c.id, err = o.Auth.Authenticate(c, st.user)
+	c.id, err = c.reload.started.auth.Authenticate(c, st.user)
 	if err != nil {
 		var ae *AuthError
 		if errors.As(err, &ae) {
 			o.Metrics.AuthFailed(ae.Reason)
-			o.Audit.Warn("authentication failed", "user", st.user, "client", c.conn.RemoteAddr().String(), "reason", ae.Reason)
+			o.Audit.AuthFailed(st.user, c.conn.RemoteAddr().String(), ae.Reason)
 			return c.refuseAuth(ae)
 		}
 		return c.refuse(err)
@@ -120,9 +131,17 @@ func (c *session) run(ctx context.Context) (err error) {
 			c.srv.cancels.remove(c.cancelKey[0], c.cancelKey[1])
 		}
 	}()
+	c.srv.register(c)
+	defer c.srv.unregister(c)
 	if err := c.ready(); err != nil {
 		return err
 	}
+	var settled func() bool // reports that the server owes no reply
+	if c.rw != nil {
+		settled = c.rw.Idle
+	}
+	c.clock = newBatchClock(o.Metrics, settled)
+	defer c.clock.close()
 	return c.relay(ctx)
 }
 
@@ -178,7 +197,7 @@ func (c *session) startTLS() error {
 		return &clientError{code: "08P01", message: "pgmoat: TLS handshake failed", result: ResultProtocolError, cause: err}
 	}
 	c.conn, c.tls = tc, true
-	c.cr = newMsgReader(tc, c.srv.opts.Config.Limits.MaxMessageSize)
+	c.cr = newMsgReader(tc, c.reload.started.cfg.Limits.MaxMessageSize)
 	c.cw = newMsgWriter(tc)
 	return nil
 }
@@ -227,6 +246,9 @@ func (c *session) refuse(err error) error {
 	}
 	c.cwu.Lock()
 	defer c.cwu.Unlock()
+	// The deadline that ended the session (limits.auth_timeout) may have
+	// passed: allow time to send the final error, not more.
+	c.conn.SetWriteDeadline(time.Now().Add(time.Second))
 	if c.cw.Send(fatal(err)) == nil {
 		c.cw.Flush()
 	}
@@ -239,6 +261,8 @@ func (c *session) refuseAuth(ae *AuthError) error {
 
 // relay runs one goroutine per direction; the first error ends both.
 func (c *session) relay(ctx context.Context) error {
+	c.startIdleTimer()
+	defer c.idleTimer.stop()
 	errc := make(chan error, 2)
 	go func() { errc <- c.clientToServer() }()
 	go func() { errc <- c.serverToClient() }()
@@ -257,6 +281,8 @@ func (c *session) relay(ctx context.Context) error {
 		return nil
 	case errors.Is(err, errShutdown):
 		return c.refuse(&clientError{code: "57P01", message: "terminating connection due to administrator command", result: ResultOK})
+	case errors.Is(err, errIdleTimeout):
+		return c.refuse(&clientError{code: "57P05", message: "terminating connection due to idle-session timeout", result: ResultOK})
 	case errors.Is(err, errServerClosed):
 		return c.refuse(&clientError{code: "08006", message: "pgmoat: the database server closed the connection", result: ResultUpstreamError, cause: err})
 	}
@@ -273,6 +299,9 @@ var (
 // rewrite, and writes upstream; it flushes when no further client message is
 // buffered, so a pipeline goes upstream in one write.
 func (c *session) clientToServer() error {
+	m := c.srv.opts.Metrics
+	received := 0 // bytes not counted yet: counted once per upstream write
+	defer func() { m.ClientBytesReceived(received) }()
 	for {
 		typ, msg, err := c.cr.Next()
 		if err != nil {
@@ -283,19 +312,35 @@ func (c *session) clientToServer() error {
 				return protocolViolation("pgmoat: %v", err)
 			}
 			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				if c.reload.revoked.Load() {
+					return c.revokedError()
+				}
+				if cause := c.reads.cause(); cause != nil {
+					return cause
+				}
 				return errShutdown
 			}
 			return fmt.Errorf("read client: %w", err)
 		}
+		received += len(msg)
+		c.idleTimer.touch()
 		if typ == 'X' { // Terminate
 			c.sw.Raw(msg)
 			c.sw.Flush()
 			return errClientClosed
 		}
+		if c.reload.revoked.Load() && c.idle() {
+			return c.revokedError() // read before closeIfRevoked's deadline: do not start it
+		}
 		if err := c.handleClient(typ, msg); err != nil {
 			return err
 		}
+		if typ == 'Q' || typ == 'S' || typ == 'F' { // answered by ReadyForQuery
+			c.clock.sent(time.Now())
+		}
 		if !c.cr.HasMessage() || c.sw.Len() >= flushSize {
+			m.ClientBytesReceived(received)
+			received = 0
 			if err := c.sw.Flush(); err != nil {
 				return fmt.Errorf("%w: %v", errServerClosed, err)
 			}
@@ -306,6 +351,7 @@ func (c *session) clientToServer() error {
 
 func (c *session) handleClient(typ byte, msg []byte) error {
 	if c.rw == nil { // admin: audited passthrough
+		c.admin.client(typ)
 		c.auditAdmin(typ, msg)
 		c.sw.Raw(msg)
 		return nil
@@ -368,7 +414,7 @@ func (c *session) check(sql string) (*policy.Decision, *policy.Violation) {
 
 // enforce counts and audits a violation and returns it, or nil in audit mode.
 func (c *session) enforce(v *policy.Violation, sql string) *policy.Violation {
-	if c.srv.opts.Config.Policy.Mode == config.ModeAudit {
+	if c.srv.live().cfg.Policy.Mode == config.ModeAudit {
 		c.record(v, sql, DecisionAudited)
 		return nil
 	}
@@ -381,10 +427,11 @@ func (c *session) record(v *policy.Violation, sql, decision string) {
 	o := c.srv.opts
 	o.Metrics.Blocked(c.id.Tenant, string(v.Reason), v.Object)
 	o.Metrics.Statement(decision)
-	o.Audit.Warn("statement "+decision,
-		"tenant", c.id.Tenant, "user", c.id.User, "client", c.conn.RemoteAddr().String(),
-		"reason", string(v.Reason), "object", v.Object, "sqlstate", v.SQLState,
-		"message", v.Message, "statement", truncate(sql, 1024))
+	o.Audit.Violation(c.auditSession(), decision, v, sql)
+}
+
+func (c *session) auditSession() AuditSession {
+	return AuditSession{Tenant: c.id.Tenant, User: c.id.User, Client: c.conn.RemoteAddr().String()}
 }
 
 func (c *session) auditAdmin(typ byte, msg []byte) {
@@ -398,27 +445,35 @@ func (c *session) auditAdmin(typ byte, msg []byte) {
 		return
 	}
 	c.srv.opts.Metrics.Statement(DecisionAdmin)
-	c.srv.opts.Audit.Info("admin statement", "user", c.id.User, "client", c.conn.RemoteAddr().String(), "statement", truncate(string(text), 1024))
+	c.srv.opts.Audit.Admin(c.auditSession(), string(text))
 }
 
 // serverToClient relays server messages through the rewrite filter.
 func (c *session) serverToClient() error {
 	var out []byte
 	for {
-		_, msg, err := c.sr.Next()
+		typ, msg, err := c.sr.Next()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return errClientClosed // closed by the other direction
 			}
 			return fmt.Errorf("%w: %v", errServerClosed, err)
 		}
+		if typ == 'Z' { // idleness starts here: before rw or admin records it
+			c.idleTimer.touch()
+		}
 		if c.rw == nil {
 			out = append(out, msg...)
+			c.admin.server(msg)
 		} else if out, err = c.rw.Reply(out, msg); err != nil {
 			// The detail is for the log; the client did nothing wrong.
 			return &clientError{code: "08006", message: "pgmoat: unexpected reply from the database server", result: ResultUpstreamError, cause: err}
 		}
+		if typ == 'Z' { // relayed to the client in any case
+			c.clock.answered()
+		}
 		if len(out) > 0 && (!c.sr.HasMessage() || len(out) >= flushSize) {
+			c.srv.opts.Metrics.ClientBytesSent(len(out))
 			c.cwu.Lock()
 			c.cw.Raw(out)
 			err := c.cw.Flush()
@@ -431,35 +486,30 @@ func (c *session) serverToClient() error {
 				return errClientClosed
 			}
 			c.sr.shrink()
+			c.closeIfRevoked()
 		}
 	}
 }
 
 // shutdown ends the session for a server shutdown: the client's next read
-// deadline fires. Sessions in a transaction get until the drain deadline.
+// deadline fires. Sessions in a transaction (admin sessions too) get until
+// the drain deadline.
 func (c *session) shutdown() {
 	go func() {
 		t := time.NewTicker(50 * time.Millisecond)
 		defer t.Stop()
-		deadline := time.After(c.srv.opts.Config.Limits.ShutdownTimeout)
+		deadline := time.After(c.srv.live().cfg.Limits.ShutdownTimeout)
 		for {
-			if c.rw == nil || c.rw.Idle() {
-				c.conn.SetReadDeadline(time.Now())
+			if c.idle() {
+				c.reads.stop(errShutdown)
 				return
 			}
 			select {
 			case <-t.C:
 			case <-deadline:
-				c.conn.SetReadDeadline(time.Now())
+				c.reads.stop(errShutdown)
 				return
 			}
 		}
 	}()
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
 }

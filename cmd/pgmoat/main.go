@@ -104,7 +104,21 @@ If the configuration is invalid, run prints every problem, each naming the
 file and the key, and exits with status 1 without starting.
 
 Logs (including the audit log) go to standard error, in the format and at the
-level set by log.format and log.level.`,
+level set by log.format and log.level.
+
+On SIGHUP, and when the content of the config file changes (checked every 2
+seconds), pgmoat reloads the configuration without dropping connections:
+users and their tenants, the policy (mode, protected, shared,
+allow_functions, cache_size), limits and log.level. New sessions use the new
+configuration; open sessions follow the new policy from their next statement.
+A session whose user was removed, or whose tenant, read_only, admin flag or
+credentials changed, is closed at its next transaction boundary with SQLSTATE
+57P01. A configuration that fails validation is refused, logged and counted
+(pgmoat_config_reloads_total{result="failure"}); the running one stays. Keys
+that need a restart (listen, metrics_listen, upstream.*, tls.*,
+policy.tenant_setting, policy.catalog_refresh, log.format, metrics.*) are not
+applied; the log names them. Password files are re-read on SIGHUP only (or
+when the config file itself changes).`,
 		Example: `  pgmoat run --config /etc/pgmoat/pgmoat.yaml
   pgmoat run -c pgmoat.yaml --policy-mode audit --log-format text
   PGMOAT_CONFIG=/etc/pgmoat/pgmoat.yaml PGMOAT_UPSTREAM_PASSWORD=... pgmoat run`,
@@ -115,11 +129,15 @@ level set by log.format and log.level.`,
 			if err != nil {
 				return err
 			}
-			logger := newLogger(cfg.Log, cmd.ErrOrStderr())
+			level := new(slog.LevelVar) // log.level can change on reload
+			level.Set(cfg.Log.SlogLevel())
+			logger := newLeveledLogger(cfg.Log.Format, level, cmd.ErrOrStderr())
 
-			// SIGHUP would kill the process by default; until configuration
-			// reload exists it is ignored rather than fatal.
-			signal.Ignore(syscall.SIGHUP)
+			// SIGHUP reloads the configuration. Subscribe before anything
+			// else: by default the signal would kill the process.
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			go func() {
@@ -130,7 +148,9 @@ level set by log.format and log.level.`,
 			}()
 
 			logger.Info("pgmoat starting", "version", version, "commit", buildCommit())
-			return runProxy(ctx, cfg, path, logger)
+			return runProxy(ctx, cfg, logger, reloadSource{
+				path: path, flags: cmd.Flags(), level: level, hup: hup, pollEvery: configPollInterval,
+			})
 		},
 	}
 	addConfigFlags(cmd.Flags())
@@ -202,11 +222,17 @@ func configPath(cmd *cobra.Command) string {
 	return f.Value.String()
 }
 
-// newLogger builds the process logger (also used for the audit log): JSON or
+// newLogger builds the process logger (the audit log is proxy.AuditLog): JSON or
 // text lines written to w at the configured level.
 func newLogger(cfg config.Log, w io.Writer) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: cfg.SlogLevel()}
-	if cfg.Format == "text" {
+	return newLeveledLogger(cfg.Format, cfg.SlogLevel(), w)
+}
+
+// newLeveledLogger is newLogger with the level given as a slog.Leveler, so
+// that a *slog.LevelVar can change it later.
+func newLeveledLogger(format string, level slog.Leveler, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
+	if format == "text" {
 		return slog.New(slog.NewTextHandler(w, opts))
 	}
 	return slog.New(slog.NewJSONHandler(w, opts))

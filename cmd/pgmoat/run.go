@@ -2,25 +2,31 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"reflect"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/pflag"
 
 	"github.com/pgmoat/pgmoat/config"
 	"github.com/pgmoat/pgmoat/policy"
 	"github.com/pgmoat/pgmoat/proxy"
 )
 
-// runProxy wires pgmoat together and serves until ctx is cancelled.
-func runProxy(ctx context.Context, cfg *config.Config, configPath string, logger *slog.Logger) error {
+// runProxy wires pgmoat together and serves until ctx is cancelled. cfg was
+// loaded from src.path; src says how to reload it.
+func runProxy(ctx context.Context, cfg *config.Config, logger *slog.Logger, src reloadSource) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := proxy.NewMetrics(reg, cfg.Metrics.TenantLabelCap)
@@ -39,7 +45,7 @@ func runProxy(ctx context.Context, cfg *config.Config, configPath string, logger
 		database = connector.Database()
 	}
 
-	pol := &policyHolder{cfg: cfg, connector: connector, log: logger}
+	pol := &policyHolder{cfg: cfg, connector: connector, log: logger, metrics: metrics}
 	if err := pol.refresh(ctx); err != nil {
 		return fmt.Errorf("load the catalog from upstream: %w", err)
 	}
@@ -51,7 +57,7 @@ func runProxy(ctx context.Context, cfg *config.Config, configPath string, logger
 	if err != nil {
 		return fmt.Errorf("metrics_listen: %w", err)
 	}
-	httpSrv := &http.Server{Handler: proxy.NewHTTPHandler(reg, pol.ready), ReadHeaderTimeout: 10 * time.Second}
+	httpSrv := &http.Server{Handler: proxy.NewHTTPHandler(reg, pol.ready, proxy.HTTPOptions{Pprof: cfg.Metrics.Pprof}), ReadHeaderTimeout: 10 * time.Second}
 	go httpSrv.Serve(httpLn)
 	defer httpSrv.Close()
 
@@ -63,10 +69,15 @@ func runProxy(ctx context.Context, cfg *config.Config, configPath string, logger
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	audit, err := proxy.OpenAuditLog(cfg.Log, os.Stderr) // needs a restart to change
+	if err != nil {
+		return err
+	}
+	defer audit.Close()
 	srv := proxy.NewServer(proxy.Options{
 		Config:    cfg,
 		Logger:    logger,
-		Audit:     logger.With("log", "audit"),
+		Audit:     audit,
 		Metrics:   metrics,
 		Auth:      auth,
 		Connector: connector,
@@ -74,27 +85,33 @@ func runProxy(ctx context.Context, cfg *config.Config, configPath string, logger
 		Database:  database,
 		TLS:       tlsConfig,
 	})
+	rl := &reloader{src: src, log: logger, metrics: metrics, srv: srv, pol: pol, cur: cfg, auth: auth}
+	go rl.watch(ctx)
 	logger.Info("pgmoat listening", "listen", ln.Addr().String(), "metrics_listen", httpLn.Addr().String(),
-		"database", database, "mode", cfg.Policy.Mode, "tls", tlsConfig != nil, "users", len(cfg.Users), "config", configPath)
+		"database", database, "mode", cfg.Policy.Mode, "tls", tlsConfig != nil, "users", len(cfg.Users), "config", src.path)
 	err = srv.Serve(ctx, ln)
 	logger.Info("pgmoat stopped")
 	return err
 }
 
 // policyHolder keeps the current policy engine, rebuilt when a periodic
-// catalog snapshot differs from the last one. A failed refresh keeps the
-// previous engine.
+// catalog snapshot differs from the last one and when a configuration reload
+// changes the policy keys. A failed refresh keeps the previous engine.
 type policyHolder struct {
-	cfg       *config.Config
 	connector *proxy.PgConnector
 	log       *slog.Logger
+	metrics   *proxy.Metrics // counts refreshes
 	engine    atomic.Pointer[policy.Engine]
 	lastErr   atomic.Pointer[error]
-	cat       *policy.Catalog // the current engine's; only refresh touches it
+
+	mu  sync.Mutex // guards cfg and cat, and orders engine rebuilds
+	cfg *config.Config
+	cat *policy.Catalog // the current engine's
 }
 
 func (p *policyHolder) refresh(ctx context.Context) error {
 	err := p.load(ctx)
+	p.metrics.CatalogRefreshed(err)
 	if err != nil {
 		p.lastErr.Store(&err)
 		return err
@@ -109,10 +126,15 @@ func (p *policyHolder) load(ctx context.Context) error {
 		return err
 	}
 	defer conn.Close(context.Background())
-	cat, err := proxy.LoadCatalog(ctx, conn, p.cfg.Policy.TenantSetting)
+	p.mu.Lock()
+	setting := p.cfg.Policy.TenantSetting // needs a restart to change
+	p.mu.Unlock()
+	cat, err := proxy.LoadCatalog(ctx, conn, setting)
 	if err != nil {
 		return err
 	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	if p.cat != nil && reflect.DeepEqual(cat, p.cat) {
 		return nil // keep the engine and its warm decision cache
 	}
@@ -127,6 +149,26 @@ func (p *policyHolder) load(ctx context.Context) error {
 	p.cat = cat
 	p.engine.Store(e)
 	return nil
+}
+
+// setConfig makes cfg the configuration the policy is built from. If its
+// rules or cache size differ from the current ones, the engine is rebuilt
+// at once from the current catalog snapshot.
+func (p *policyHolder) setConfig(cfg *config.Config) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	old := p.cfg
+	p.cfg = cfg
+	rules := proxy.PolicyRules(cfg)
+	if reflect.DeepEqual(rules, proxy.PolicyRules(old)) && cfg.Policy.CacheSize == old.Policy.CacheSize {
+		return // keep the warm decision cache
+	}
+	e := policy.NewEngine(rules, p.cat, cfg.Policy.CacheSize)
+	for _, f := range e.Findings() {
+		p.log.Warn("policy finding", "finding", f)
+	}
+	p.engine.Store(e)
+	p.log.Info("policy configuration changed; policy rebuilt")
 }
 
 func (p *policyHolder) refreshEvery(ctx context.Context, every time.Duration) {
@@ -147,8 +189,10 @@ func (p *policyHolder) refreshEvery(ctx context.Context, every time.Duration) {
 	}
 }
 
-// ready is /readyz: the catalog is loaded and the last refresh reached the
-// upstream.
+// ready is /readyz: the catalog is loaded and the last refresh (every
+// policy.catalog_refresh) reached the upstream, so a probe costs no
+// connection. The configuration is valid by construction: a reload that
+// fails validation keeps the running one and does not make pgmoat unready.
 func (p *policyHolder) ready() error {
 	if p.engine.Load() == nil {
 		return errors.New("catalog not loaded")
@@ -156,5 +200,128 @@ func (p *policyHolder) ready() error {
 	if err := p.lastErr.Load(); err != nil {
 		return fmt.Errorf("upstream: %w", *err)
 	}
+	return nil
+}
+
+// configPollInterval is how often run checks the config file for changes.
+const configPollInterval = 2 * time.Second
+
+// reloadSource is where a running pgmoat gets a new configuration from.
+type reloadSource struct {
+	path  string
+	flags *pflag.FlagSet // applied again on every reload; may be nil
+	// level is the process log's level, set from log.level on reload;
+	// nil: the level does not change.
+	level *slog.LevelVar
+	// hup delivers SIGHUP, which asks for a reload; nil: no signal.
+	hup <-chan os.Signal
+	// pollEvery is how often the file's content is compared with the last
+	// one seen; a change triggers a reload. 0: the file is not watched.
+	pollEvery time.Duration
+}
+
+// reloader applies configuration reloads to a running proxy. Only watch
+// calls reload, so reloads never overlap.
+type reloader struct {
+	src     reloadSource
+	log     *slog.Logger
+	metrics *proxy.Metrics
+	srv     *proxy.Server
+	pol     *policyHolder
+	// cur is the running configuration: the startup one with the
+	// reloadable keys of the last good reload (config.ApplyReload).
+	cur  *config.Config
+	auth proxy.Authenticator // built from cur.Users
+}
+
+// watch reloads on SIGHUP and when the config file's content changes,
+// until ctx is cancelled. A file that cannot be read is skipped until it can
+// (an editor or a ConfigMap update may replace it in several steps).
+func (r *reloader) watch(ctx context.Context) {
+	last, _ := fileSum(r.src.path)
+	var tick <-chan time.Time
+	if r.src.pollEvery > 0 {
+		t := time.NewTicker(r.src.pollEvery)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.src.hup:
+			last, _ = fileSum(r.src.path)
+			r.reload("SIGHUP")
+		case <-tick:
+			sum, err := fileSum(r.src.path)
+			if err != nil || sum == last {
+				continue
+			}
+			last = sum
+			r.reload("file changed")
+		}
+	}
+}
+
+// fileSum is the SHA-256 of the file's content.
+func fileSum(path string) ([sha256.Size]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return [sha256.Size]byte{}, err
+	}
+	return sha256.Sum256(b), nil
+}
+
+// reload loads the config file again (with the PGMOAT_* environment and the
+// flags, as at startup) and applies what can change while running. A
+// configuration that fails to load or validate is refused: the running one
+// stays, and the failure is logged and counted.
+func (r *reloader) reload(trigger string) error {
+	err := r.apply(trigger)
+	r.metrics.ConfigReloaded(err)
+	if err != nil {
+		// Load's errors name the file and each key, one per line.
+		r.log.Error("configuration reload refused; the running configuration stays",
+			"trigger", trigger, "err", err)
+	}
+	return err
+}
+
+func (r *reloader) apply(trigger string) error {
+	loaded, err := config.Load(r.src.path, r.src.flags)
+	if err != nil {
+		return err
+	}
+	next := r.cur.ApplyReload(loaded)
+	changed := config.Changes(r.cur, next)
+	var restart []string
+	for _, k := range config.Changes(r.cur, loaded) {
+		if config.NeedsRestart(k) {
+			restart = append(restart, k)
+		}
+	}
+	auth := r.auth
+	if slices.Contains(changed, "users") {
+		// Only when users changed: deriving SCRAM keys costs one PBKDF2
+		// per password user.
+		a, err := proxy.NewPasswordAuth(next.Users)
+		if err != nil {
+			return fmt.Errorf("users: %w", err)
+		}
+		auth = a
+	}
+	revoked, err := r.srv.Reload(next, auth)
+	if err != nil {
+		return err
+	}
+	r.pol.setConfig(next)
+	if r.src.level != nil {
+		r.src.level.Set(next.Log.SlogLevel())
+	}
+	r.cur, r.auth = next, auth
+	if len(restart) > 0 {
+		r.log.Warn("configuration keys changed that take effect only after a restart; not applied", "keys", restart)
+	}
+	r.log.Info("configuration reloaded", "trigger", trigger, "changed", changed, "sessions_revoked", revoked)
 	return nil
 }

@@ -1,0 +1,296 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgmoat/pgmoat/config"
+	"github.com/pgmoat/pgmoat/internal/pgtest"
+	"github.com/pgmoat/pgmoat/policy"
+	"github.com/pgmoat/pgmoat/proxy"
+)
+
+// syncBuffer is a bytes.Buffer that the proxy's logger and the test may use
+// at the same time.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// freeAddr returns a loopback address with a port nobody listens on.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// runningProxy is `pgmoat run` executed in-process.
+type runningProxy struct {
+	addr, metricsAddr string
+	stderr            *syncBuffer
+	done              chan int // the exit code
+}
+
+// await polls cond until it returns nil. It fails the test if pgmoat exits
+// first or cond still fails after a generous bound (this is a wait for an
+// event, not a timing assertion).
+func (p *runningProxy) await(t *testing.T, what string, cond func() error) {
+	t.Helper()
+	bound := time.After(30 * time.Second)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		select {
+		case code := <-p.done:
+			t.Fatalf("%s: pgmoat exited with %d:\n%s", what, code, p.stderr.String())
+		case <-bound:
+			t.Fatalf("%s: still %v\nlog:\n%s", what, err, p.stderr.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// connect logs in as user and returns the connection or the SQLSTATE of the
+// refusal.
+func (p *runningProxy) connect(t *testing.T, user, password string) (*pgx.Conn, error) {
+	t.Helper()
+	host, port, _ := net.SplitHostPort(p.addr)
+	conn, err := pgx.Connect(context.Background(), fmt.Sprintf("host=%s port=%s user=%s password=%s dbname=app sslmode=disable", host, port, user, password))
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn, nil
+}
+
+// metric reads one sample (name with its labels, as exposed) from /metrics.
+func (p *runningProxy) metric(name string) (float64, error) {
+	resp, err := http.Get("http://" + p.metricsAddr + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			return strconv.ParseFloat(v, 64)
+		}
+	}
+	return 0, fmt.Errorf("%s not exposed", name)
+}
+
+// awaitMetric waits until the metric reaches at least want.
+func (p *runningProxy) awaitMetric(t *testing.T, name string, want float64) {
+	t.Helper()
+	p.await(t, name, func() error {
+		v, err := p.metric(name)
+		if err == nil && v < want {
+			err = fmt.Errorf("%s = %v, want %v", name, v, want)
+		}
+		return err
+	})
+}
+
+func sqlstate(err error) string {
+	if pe, ok := errors.AsType[*pgconn.PgError](err); ok {
+		return pe.Code
+	}
+	return ""
+}
+
+const reloadConfig = `listen: %s
+metrics_listen: %s
+upstream:
+  dsn: %q
+users:
+  - name: acme_app
+    password_file: acme.pass
+    tenant: acme
+%spolicy:
+  shared:
+    - name: public.plans
+log:
+  level: %s
+`
+
+// TestRunReload drives `pgmoat run`: SIGHUP re-reads a changed password file
+// (which the file watch does not see), a changed config file is reloaded
+// on its own, an invalid one is refused and counted, and a changed listen
+// address is reported rather than applied.
+func TestRunReload(t *testing.T) {
+	clearEnv(t)
+	c := pgtest.Shared(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "pgmoat.yaml")
+	write := func(name, content string) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := &runningProxy{addr: freeAddr(t), metricsAddr: freeAddr(t), stderr: &syncBuffer{}, done: make(chan int, 1)}
+	dsn := c.DSN("pgmoat", "pgmoat_secret", "app")
+	write("acme.pass", "acme_secret\n")
+	write("pgmoat.yaml", fmt.Sprintf(reloadConfig, p.addr, p.metricsAddr, dsn, "", "info"))
+
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { p.done <- execute(ctx, []string{"run", "--config", path}, io.Discard, p.stderr) }()
+	stopped := false
+	stop := func() {
+		if !stopped {
+			stopped = true
+			cancel()
+			<-p.done
+		}
+	}
+	defer stop()
+
+	var acme *pgx.Conn
+	p.await(t, "first login", func() (err error) {
+		acme, err = p.connect(t, "acme_app", "acme_secret")
+		return err
+	})
+
+	t.Run("SIGHUP", func(t *testing.T) {
+		write("acme.pass", "rotated\n")
+		if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		p.awaitMetric(t, `pgmoat_config_reloads_total{result="success"}`, 1)
+		if _, err := p.connect(t, "acme_app", "rotated"); err != nil {
+			t.Errorf("login with the new password: %v", err)
+		}
+		if _, err := p.connect(t, "acme_app", "acme_secret"); sqlstate(err) != "28P01" {
+			t.Errorf("login with the old password: %v, want 28P01", err)
+		}
+		if _, err := acme.Exec(context.Background(), "select 1"); sqlstate(err) != "57P01" {
+			t.Errorf("session with the old credentials: %v, want 57P01", err)
+		}
+	})
+
+	t.Run("file change", func(t *testing.T) {
+		globex := "  - name: globex_app\n    password: globex_secret\n    tenant: globex\n"
+		write("pgmoat.yaml", fmt.Sprintf(reloadConfig, freeAddr(t), p.metricsAddr, dsn, globex, "debug"))
+		p.awaitMetric(t, `pgmoat_config_reloads_total{result="success"}`, 2)
+		// listen needs a restart: the old address still serves.
+		conn, err := p.connect(t, "globex_app", "globex_secret")
+		if err != nil {
+			t.Fatalf("login of the added user: %v", err)
+		}
+		var tenant string
+		if err := conn.QueryRow(context.Background(), "select current_setting('app.current_tenant_id')").Scan(&tenant); err != nil || tenant != "globex" {
+			t.Errorf("tenant %q, %v; want globex", tenant, err)
+		}
+	})
+
+	t.Run("invalid config", func(t *testing.T) {
+		write("pgmoat.yaml", fmt.Sprintf(reloadConfig, p.addr, p.metricsAddr, dsn, "", "loud"))
+		p.awaitMetric(t, `pgmoat_config_reloads_total{result="failure"}`, 1)
+		if v, err := p.metric("pgmoat_config_last_reload_successful"); err != nil || v != 0 {
+			t.Errorf("pgmoat_config_last_reload_successful = %v, %v; want 0", v, err)
+		}
+		if _, err := p.connect(t, "globex_app", "globex_secret"); err != nil {
+			t.Errorf("a user of the running configuration: %v", err)
+		}
+	})
+
+	stop()
+	var restart, refused, debug bool
+	for line := range strings.Lines(p.stderr.String()) {
+		var rec struct {
+			Level, Msg string
+			Keys       []string
+		}
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("log line is not JSON: %q", line)
+		}
+		switch {
+		case rec.Level == "WARN" && strings.Contains(rec.Msg, "only after a restart"):
+			restart = slices.Equal(rec.Keys, []string{"listen"})
+		case rec.Level == "ERROR" && strings.HasPrefix(rec.Msg, "configuration reload refused"):
+			refused = true
+		case rec.Level == "DEBUG":
+			debug = true
+		}
+	}
+	if !restart || !refused || !debug {
+		t.Errorf("log: restart warning naming listen %v, refusal %v, debug records after log.level: debug %v\n%s",
+			restart, refused, debug, p.stderr.String())
+	}
+}
+
+// A reload rebuilds the policy from the current catalog only when the
+// policy keys changed.
+func TestPolicyHolderSetConfig(t *testing.T) {
+	f, err := os.Open("testdata/demo_catalog.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cat, err := policy.ReadCatalogJSON(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := config.Default()
+	cfg.Policy.Shared = []config.SharedTable{{Name: "public.plans"}}
+	p := &policyHolder{cfg: cfg, cat: cat, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	p.engine.Store(policy.NewEngine(proxy.PolicyRules(cfg), cat, cfg.Policy.CacheSize))
+	const sql = "select * from plans"
+	sess := &policy.Session{Tenant: "acme", User: "acme_app"}
+	if _, v := p.engine.Load().Check(sql, sess); v != nil {
+		t.Fatalf("plans shared: %v", v)
+	}
+
+	modeOnly := *cfg
+	modeOnly.Policy.Mode = config.ModeAudit
+	before := p.engine.Load()
+	p.setConfig(&modeOnly)
+	if p.engine.Load() != before {
+		t.Error("a change of policy.mode rebuilt the engine (and dropped its cache)")
+	}
+
+	notShared := modeOnly
+	notShared.Policy.Shared = nil
+	p.setConfig(&notShared)
+	if _, v := p.engine.Load().Check(sql, sess); v == nil || v.SQLState != "42501" {
+		t.Errorf("plans no longer shared: violation %v, want 42501", v)
+	}
+}

@@ -1,0 +1,177 @@
+package proxy
+
+import (
+	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// errIdleTimeout ends a session whose client stayed idle for
+// limits.idle_timeout.
+var errIdleTimeout = errors.New("idle session timeout")
+
+// readStop lets other goroutines end the client relay: shutdown and the idle
+// timeout both move the client connection's read deadline to now, and
+// clientToServer, whose read then fails with a timeout, asks cause why. The
+// first reason wins and the deadline is never moved back, so neither
+// mechanism can undo the other. Safe for concurrent use.
+type readStop struct {
+	mu     sync.Mutex
+	conn   net.Conn
+	reason error
+}
+
+func newReadStop(conn net.Conn) *readStop { return &readStop{conn: conn} }
+
+// stop makes the relay's pending and future client reads fail; reason is
+// what cause reports, unless an earlier stop gave one.
+func (r *readStop) stop(reason error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.reason == nil {
+		r.reason = reason
+	}
+	r.conn.SetReadDeadline(time.Now())
+}
+
+// cause is the reason of the first stop, or nil if reads were not stopped.
+func (r *readStop) cause() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.reason
+}
+
+// idleTimer calls expire once the session has been idle (idle reports
+// true) with no activity for timeout. Activity is what the relay reports
+// with touch: every client message, and every ReadyForQuery from the server
+// (where idleness starts). touch is one atomic store; the timer checks only
+// when the timeout could have elapsed and otherwise re-arms itself for the
+// remainder. A session that is busy (a long query, an open transaction) when
+// the timer fires is checked again a timeout later. A nil *idleTimer (no
+// timeout configured) does nothing. Safe for concurrent use.
+type idleTimer struct {
+	timeout time.Duration
+	idle    func() bool
+	expire  func()
+	start   time.Time    // origin of last, for a monotonic clock
+	last    atomic.Int64 // time.Since(start) at the last activity
+
+	mu      sync.Mutex // guards t's re-arming against stop
+	t       *time.Timer
+	stopped bool
+}
+
+// newIdleTimer starts the timer, or returns nil if timeout is not positive.
+// The session counts as active at the start.
+func newIdleTimer(timeout time.Duration, idle func() bool, expire func()) *idleTimer {
+	if timeout <= 0 {
+		return nil
+	}
+	it := &idleTimer{timeout: timeout, idle: idle, expire: expire, start: time.Now()}
+	it.mu.Lock()
+	defer it.mu.Unlock()
+	it.t = time.AfterFunc(timeout, it.check)
+	return it
+}
+
+// touch records activity now.
+func (it *idleTimer) touch() {
+	if it != nil {
+		it.last.Store(int64(time.Since(it.start)))
+	}
+}
+
+// stop ends the timer; expire is not called after stop returns, unless a
+// call is already running.
+func (it *idleTimer) stop() {
+	if it == nil {
+		return
+	}
+	it.mu.Lock()
+	defer it.mu.Unlock()
+	it.stopped = true
+	it.t.Stop()
+}
+
+func (it *idleTimer) check() {
+	it.mu.Lock()
+	defer it.mu.Unlock()
+	if it.stopped {
+		return
+	}
+	quiet := time.Since(it.start) - time.Duration(it.last.Load())
+	if quiet >= it.timeout && it.idle() {
+		it.stopped = true
+		it.expire()
+		return
+	}
+	wait := it.timeout - quiet
+	if wait <= 0 { // busy
+		wait = it.timeout
+	}
+	it.t.Reset(wait)
+}
+
+// adminState tracks whether an admin session, which has no rewrite.Session,
+// is idle, from the message types alone: every Query, Sync and FunctionCall
+// is answered by exactly one ReadyForQuery. Where that does not hold (a Sync
+// the server ignores during COPY) the session merely never looks idle again,
+// so it is never closed for idleness by mistake. client runs on the
+// client-reading goroutine, server on the server-reading one; idle on any.
+type adminState struct {
+	pending  atomic.Int64  // ReadyForQuery messages the server owes
+	unsynced atomic.Bool   // extended-protocol messages sent since the last Sync
+	status   atomic.Uint32 // transaction status of the last ReadyForQuery; 0 before the first
+}
+
+// client records a client message of type typ, before it goes upstream.
+func (s *adminState) client(typ byte) {
+	switch typ {
+	case 'Q', 'F':
+		s.pending.Add(1)
+	case 'S':
+		s.unsynced.Store(false)
+		s.pending.Add(1)
+	case 'P', 'B', 'E', 'D', 'C', 'H':
+		s.unsynced.Store(true)
+	}
+}
+
+// server records a server message (the whole message, header included).
+func (s *adminState) server(msg []byte) {
+	if msg[0] != 'Z' || len(msg) < 6 {
+		return
+	}
+	// The status first: idle must not pair the new count with the old
+	// status.
+	s.status.Store(uint32(msg[5]))
+	s.pending.Add(-1)
+}
+
+// idle reports whether no reply is owed and no transaction is open.
+func (s *adminState) idle() bool {
+	st := s.status.Load()
+	return s.pending.Load() == 0 && !s.unsynced.Load() && (st == 'I' || st == 0)
+}
+
+// idleForTimeout reports whether the session is idle for limits.idle_timeout:
+// no transaction open and no reply owed to the client. Unlike idle (which
+// knows only an admin session's last ReadyForQuery), it does not take an
+// admin session waiting for a long query for idle.
+func (c *session) idleForTimeout() bool {
+	if c.rw != nil {
+		return c.rw.Idle()
+	}
+	return c.admin.idle()
+}
+
+// startIdleTimer arms limits.idle_timeout for the relay, if configured; its
+// expiry stops the client reads with errIdleTimeout.
+func (c *session) startIdleTimer() {
+	c.reads = newReadStop(c.conn)
+	c.idleTimer = newIdleTimer(c.srv.live().cfg.Limits.IdleTimeout, c.idleForTimeout, func() {
+		c.reads.stop(errIdleTimeout)
+	})
+}

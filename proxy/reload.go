@@ -1,0 +1,148 @@
+package proxy
+
+import (
+	"fmt"
+	"reflect"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/pgmoat/pgmoat/config"
+)
+
+// liveConfig is what a reload swaps: the configuration and the
+// authenticator built from its users. Both are immutable.
+type liveConfig struct {
+	cfg  *config.Config
+	auth Authenticator
+}
+
+// live is the current configuration: what new sessions start with, and the
+// limits and policy mode every session follows.
+func (s *Server) live() *liveConfig { return s.cur.Load() }
+
+// Reload makes cfg and auth the running configuration. New sessions
+// authenticate with auth and follow cfg's limits; every session, open or new,
+// follows cfg.Policy.Mode from its next statement. Keys that need a restart
+// (config.NeedsRestart) are not read from cfg: the caller passes a Config
+// built with config.ApplyReload and says so in its log.
+//
+// An open session whose user is no longer in cfg.Users, or whose tenant,
+// read_only or admin flag or credentials changed, is closed at its next
+// transaction boundary: when the server has answered everything the client
+// sent and no transaction is open, the client gets FATAL 57P01 and the
+// connection closes. A session inside a transaction finishes it first.
+// Reload returns the number of sessions it marked so.
+//
+// A cfg that fails validation is refused with the validation error, and the
+// running configuration stays.
+func (s *Server) Reload(cfg *config.Config, auth Authenticator) (revoked int, err error) {
+	if err := cfg.Validate(); err != nil {
+		return 0, fmt.Errorf("reload refused: %w", err)
+	}
+	next := &liveConfig{cfg: cfg, auth: auth}
+	// Store before locking: a session registering concurrently either is
+	// in the map below or sees next in register.
+	s.cur.Store(next)
+	s.sessionsMu.Lock()
+	defer s.sessionsMu.Unlock()
+	for c := range s.sessions {
+		if c.stale(next) && c.revoke() {
+			revoked++
+		}
+	}
+	return revoked, nil
+}
+
+// register adds an authenticated session to those a reload may revoke.
+// Each register needs an unregister.
+func (s *Server) register(c *session) {
+	s.sessionsMu.Lock()
+	s.sessions[c] = struct{}{}
+	s.sessionsMu.Unlock()
+	// A reload between the session's start and now did not see it.
+	if cur := s.live(); cur != c.reload.started && c.stale(cur) {
+		c.revoke()
+	}
+}
+
+func (s *Server) unregister(c *session) {
+	s.sessionsMu.Lock()
+	delete(s.sessions, c)
+	s.sessionsMu.Unlock()
+}
+
+// sessionReload is a session's part in configuration reloads.
+type sessionReload struct {
+	started *liveConfig // the configuration the session authenticated with
+	// revoked: a reload removed or changed the session's user; the session
+	// ends at its next transaction boundary.
+	revoked atomic.Bool
+}
+
+// stale reports whether next no longer has the user the session
+// authenticated as, with the same tenant, flags and credentials.
+func (c *session) stale(next *liveConfig) bool {
+	old, ok1 := findUser(c.reload.started.cfg.Users, c.id.User)
+	cur, ok2 := findUser(next.cfg.Users, c.id.User)
+	if !ok1 || !ok2 {
+		return true
+	}
+	// The file a password came from does not matter, only the password.
+	old.PasswordFile, cur.PasswordFile = "", ""
+	return !reflect.DeepEqual(old, cur)
+}
+
+func findUser(users []config.User, name string) (config.User, bool) {
+	i := slices.IndexFunc(users, func(u config.User) bool { return u.Name == name })
+	if i < 0 {
+		return config.User{}, false
+	}
+	return users[i], true
+}
+
+// revoke marks the session to end at its next transaction boundary, and
+// ends it now if it is there. It reports false if it was already marked.
+func (c *session) revoke() bool {
+	if !c.reload.revoked.CompareAndSwap(false, true) {
+		return false
+	}
+	c.log.Info("configuration reload removed or changed the user; closing the session at its next transaction boundary")
+	c.closeIfRevoked()
+	return true
+}
+
+// closeIfRevoked ends a revoked session that is at a transaction boundary:
+// the client's pending (or next) read fails with a timeout, which
+// clientToServer turns into revokedError. The server relay calls it after
+// each flush, revoke when it marks the session.
+func (c *session) closeIfRevoked() {
+	if c.reload.revoked.Load() && c.idle() {
+		c.conn.SetReadDeadline(time.Now())
+	}
+}
+
+// idle reports whether the session is at a transaction boundary: the server
+// owes the client no reply and no transaction is open. For an admin session
+// (no rewrite state) it knows only the last ReadyForQuery, so a revoked admin
+// session that pipelines past a ReadyForQuery 'I' is closed with a statement
+// in flight, as pg_terminate_backend would. That errs on the side of
+// closing: adminState.idle, exact for the idle timeout, never sees an admin
+// session idle again after a Sync the server ignored during COPY.
+func (c *session) idle() bool {
+	if c.rw == nil {
+		st := c.admin.status.Load()
+		return st == 'I' || st == 0 // 0: no ReadyForQuery since pgmoat's own
+	}
+	return c.rw.Idle()
+}
+
+// revokedError is what a revoked session's client is told: PostgreSQL's
+// SQLSTATE for a connection terminated by an administrator.
+func (c *session) revokedError() error {
+	return &clientError{
+		code:    "57P01",
+		message: fmt.Sprintf("terminating connection due to administrator command: pgmoat configuration reload removed or changed user %q", c.id.User),
+		result:  ResultOK,
+	}
+}
