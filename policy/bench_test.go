@@ -66,24 +66,34 @@ func BenchmarkCheck(b *testing.B) {
 		})
 	})
 	for _, m := range missTexts {
-		b.Run("miss_"+m.name, func(b *testing.B) {
-			e := NewEngine(demoRules(), cat, 10000)
-			if _, v := e.Check(m.gen(-1), sess); v != nil {
-				b.Fatalf("refused: %s", v.Message)
-			}
-			// Texts are made before the clock starts, so that only Check's
-			// own allocations are reported.
-			texts := make([]string, b.N)
-			for i := range texts {
-				texts[i] = m.gen(i)
-			}
-			b.SetBytes(int64(len(texts[0])))
-			b.ReportAllocs()
-			b.ResetTimer()
-			for i := range b.N {
-				e.Check(texts[i], sess)
-			}
-		})
+		// miss_: a new text of a known shape (inlined parameters), answered
+		// by the shape cache; analyze_: a new shape, parsed and walked.
+		for _, kind := range []struct {
+			prefix string
+			cache  int
+		}{{"miss_", 10000}, {"analyze_", 0}} {
+			b.Run(kind.prefix+m.name, func(b *testing.B) {
+				benchMiss(b, NewEngine(demoRules(), cat, kind.cache), m.gen, sess)
+			})
+		}
+	}
+}
+
+func benchMiss(b *testing.B, e *Engine, gen func(int) string, sess *Session) {
+	if _, v := e.Check(gen(-1), sess); v != nil {
+		b.Fatalf("refused: %s", v.Message)
+	}
+	// Texts are made before the clock starts, so that only Check's own
+	// allocations are reported.
+	texts := make([]string, b.N)
+	for i := range texts {
+		texts[i] = gen(i)
+	}
+	b.SetBytes(int64(len(texts[0])))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		e.Check(texts[i], sess)
 	}
 }
 

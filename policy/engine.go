@@ -54,6 +54,12 @@ type Engine struct {
 
 	cache        *lru.Cache[string, *entry] // nil when caching is disabled
 	hits, misses atomic.Uint64
+
+	// shapes caches, by shapeKey, the class of allowed single-statement
+	// texts whose decision consulted no constant: clients that inline
+	// their parameters (psycopg2, pgbench -M simple) send a new text every
+	// time, but few shapes. nil when caching is disabled.
+	shapes *lru.Cache[string, Class]
 }
 
 // entry is a cached analysis: the shared Decision plus what is needed to
@@ -66,6 +72,17 @@ type entry struct {
 	// temps are the names a session must have created as temporary tables,
 	// each with the violation to report if it has not (first use only).
 	temps []tempRef
+	// constFree: the analysis consulted no constant's value.
+	constFree bool
+}
+
+// shareable reports whether en's decision holds for every text of the same
+// shape: allowed for every session, one statement spanning the whole text,
+// no constant consulted, no temporary table involved.
+func (en *entry) shareable(textLen int) bool {
+	d := en.d
+	return en.constFree && d.Violation == nil && en.ro == nil && len(en.temps) == 0 &&
+		len(d.CreatesTemp) == 0 && len(d.Stmts) == 1 && d.Stmts[0].Start == 0 && d.Stmts[0].End == textLen
 }
 
 type tempRef struct {
@@ -108,6 +125,7 @@ func NewEngine(r Rules, cat *Catalog, cacheSize int) *Engine {
 			panic(fmt.Sprintf("policy: lru.New(%d): %v", cacheSize, err))
 		}
 		e.cache = c
+		e.shapes, _ = lru.New[string, Class](cacheSize)
 	}
 	e.findings = e.computeFindings()
 	return e
@@ -141,12 +159,32 @@ func (e *Engine) Check(sql string, s *Session) (*Decision, *Violation) {
 		e.hits.Add(1)
 	} else {
 		e.misses.Add(1)
-		en = e.analyze(sql)
+		en = e.analyzeByShape(sql)
 		if e.cache != nil && len(sql) <= maxCachedLen {
 			e.cache.Add(strings.Clone(sql), en)
 		}
 	}
 	return en.d, en.violation(s)
+}
+
+// analyzeByShape is analyze, answered from the shape cache when a text of
+// the same shape was allowed without consulting its constants.
+func (e *Engine) analyzeByShape(sql string) *entry {
+	if e.shapes == nil || len(sql) > maxCachedLen {
+		return e.analyze(sql)
+	}
+	key, ok := shapeKey(sql)
+	if !ok {
+		return e.analyze(sql)
+	}
+	if c, ok := e.shapes.Get(key); ok {
+		return &entry{d: &Decision{Stmts: []Stmt{{Start: 0, End: len(sql), Class: c}}}, constFree: true}
+	}
+	en := e.analyze(sql)
+	if en.shareable(len(sql)) {
+		e.shapes.Add(key, en.d.Stmts[0].Class)
+	}
+	return en
 }
 
 // violation finishes the decision for a session. It must not allocate: it

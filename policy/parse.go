@@ -78,7 +78,7 @@ func (e *Engine) analyzeWith(sql string, x *Explanation) *entry {
 	}
 
 	d.Violation = a.v
-	en := &entry{d: d, ro: a.v, temps: a.temps}
+	en := &entry{d: d, ro: a.v, temps: a.temps, constFree: !a.constUsed}
 	if a.ro != nil && (a.v == nil || a.ro.Stmt < a.v.Stmt) {
 		en.ro = a.ro
 	}
@@ -86,6 +86,20 @@ func (e *Engine) analyzeWith(sql string, x *Explanation) *entry {
 		d.TempNames = append(d.TempNames, t.name)
 	}
 	return en
+}
+
+// shapeKey returns sql with its constants replaced by parameter references:
+// texts with the same key differ only in constants. It is much cheaper than
+// a parse (no parse tree crosses from C). ok is false if sql does not
+// normalise.
+func shapeKey(sql string) (key string, ok bool) {
+	// A text the full parse refuses must be refused whatever its shape:
+	// invalid UTF-8 in a constant normalises away but fails the parse.
+	if strings.IndexByte(sql, 0) >= 0 || !utf8.ValidString(sql) {
+		return "", false
+	}
+	key, err := pg_query.Normalize(sql)
+	return key, err == nil
 }
 
 // parseErrorEntry refuses text that does not parse (42601). The Decision
@@ -198,6 +212,7 @@ type analysis struct {
 	tempSeen   map[string]bool // names in temps
 	created    map[string]bool // temporary tables created by earlier statements of the text
 	pending    []string        // temporary tables the current statement creates
+	constUsed  bool            // a constant's value was consulted
 }
 
 // fail records v as the violation of the current statement at pos (a
@@ -402,7 +417,7 @@ func (a *analysis) checkSet(s *pg_query.VariableSetStmt) {
 	var values []string
 	if s.Kind == pg_query.VariableSetKind_VAR_SET_VALUE {
 		for _, arg := range s.Args {
-			v, ok := constString(arg)
+			v, ok := a.constString(arg)
 			if !ok {
 				values = nil
 				break
@@ -425,6 +440,14 @@ func (a *analysis) checkSet(s *pg_query.VariableSetStmt) {
 	if v != nil {
 		a.fail(v, -1)
 	}
+}
+
+// constString returns the text of a literal constant, and notes that the
+// decision depends on it (it cannot be shared by texts that differ only in
+// their constants).
+func (a *analysis) constString(n *pg_query.Node) (string, bool) {
+	a.constUsed = true
+	return constString(n)
 }
 
 // constString returns the text of a literal constant.
@@ -803,7 +826,7 @@ func (a *analysis) traceRegclass(tc *pg_query.TypeCast) {
 	if len(names) == 0 || names[len(names)-1] != "regclass" {
 		return
 	}
-	lit, ok := constString(tc.Arg)
+	lit, ok := a.constString(tc.Arg)
 	if !ok {
 		return
 	}
@@ -864,7 +887,7 @@ func (a *analysis) sequenceArg(fn string, fc *pg_query.FuncCall) {
 			arg = tc.Arg
 		}
 		if ok {
-			lit, ok = constString(arg)
+			lit, ok = a.constString(arg)
 		}
 	}
 	var parts []string
