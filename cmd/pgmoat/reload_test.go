@@ -190,6 +190,19 @@ func TestRunReload(t *testing.T) {
 	})
 
 	t.Run("SIGHUP", func(t *testing.T) {
+		// A table created after startup is unknown until the catalog is
+		// refreshed; SIGHUP refreshes it at once.
+		ctx := context.Background()
+		if err := c.Exec(ctx, "app", `CREATE TABLE sighup_new (tenant_id text NOT NULL);
+			ALTER TABLE sighup_new ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
+			CREATE POLICY p ON sighup_new USING (tenant_id = current_setting('app.current_tenant_id', true));
+			GRANT SELECT ON sighup_new TO pgmoat`); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Exec(context.Background(), "app", "DROP TABLE sighup_new") })
+		if _, err := acme.Exec(ctx, "select * from sighup_new"); sqlstate(err) != "42501" {
+			t.Fatalf("new table before the refresh: %v, want 42501 (unknown relation)", err)
+		}
 		write("acme.pass", "rotated\n")
 		if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
 			t.Fatal(err)
@@ -203,6 +216,14 @@ func TestRunReload(t *testing.T) {
 		}
 		if _, err := acme.Exec(context.Background(), "select 1"); sqlstate(err) != "57P01" {
 			t.Errorf("session with the old credentials: %v, want 57P01", err)
+		}
+		p.awaitMetric(t, `pgmoat_catalog_refreshes_total{result="success"}`, 2)
+		rotated, err := p.connect(t, "acme_app", "rotated")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rotated.Exec(ctx, "select * from sighup_new"); err != nil {
+			t.Errorf("new table after SIGHUP: %v", err)
 		}
 	})
 

@@ -252,6 +252,11 @@ func (r *reloader) watch(ctx context.Context) {
 		case <-r.src.hup:
 			last, _ = fileSum(r.src.path)
 			r.reload("SIGHUP")
+			// SIGHUP also refreshes the catalog snapshot at once, e.g. after
+			// a migration created or changed tables.
+			if err := r.pol.refresh(ctx); err != nil && ctx.Err() == nil {
+				r.log.Warn("catalog refresh failed; keeping the previous snapshot", "err", err)
+			}
 		case <-tick:
 			sum, err := fileSum(r.src.path)
 			if err != nil || sum == last {
