@@ -227,13 +227,17 @@ func Audit(snap *AuditSnapshot, opts AuditOptions) []Finding {
 // It returns "" when no finding has a fix. The migration is meant to be
 // reviewed, then run as the tables' owner or a superuser.
 func FixSQL(findings []Finding) string {
+	// Object names and messages quote the database (a policy expression, a
+	// quoted identifier) and may hold line breaks: in a comment, a line
+	// break would turn the rest into SQL that runs with the migrator's
+	// rights. oneLine keeps them inside their comment.
 	var b, manual strings.Builder
 	for _, f := range findings {
 		if f.Fix == "" {
-			fmt.Fprintf(&manual, "--   %s %s %s: %s\n", f.Severity, f.Code, f.Object, f.Message)
+			fmt.Fprintf(&manual, "--   %s %s %s: %s\n", f.Severity, f.Code, oneLine(f.Object), oneLine(f.Message))
 			continue
 		}
-		fmt.Fprintf(&b, "\n-- %s: %s (%s)\n%s\n", f.Object, f.Code, f.Severity, f.Fix)
+		fmt.Fprintf(&b, "\n-- %s: %s (%s)\n%s\n", oneLine(f.Object), f.Code, f.Severity, f.Fix)
 	}
 	if b.Len() == 0 {
 		return ""
@@ -374,13 +378,13 @@ func (a *auditor) table(t *AuditTable) {
 	if c == nil {
 		a.add(SeverityError, CodeTenantColumnMissing, key,
 			fmt.Sprintf("ALTER TABLE %s ADD COLUMN %s text;\n-- Backfill it, then make it required:\n-- UPDATE %s SET %s = ...;\n-- ALTER TABLE %s ALTER COLUMN %s SET NOT NULL;",
-				qt, col, qt, col, qt, col),
+				qt, col, oneLine(qt), oneLine(col), oneLine(qt), oneLine(col)), // comments: one line each
 			"%s is declared protected but has no %s column", key, a.column)
 		c = &AuditColumn{Type: "text", Textual: true, NotNull: true}
 	}
 	if !c.NotNull {
 		a.add(SeverityWarning, CodeTenantColumnNullable, key,
-			fmt.Sprintf("-- After giving every row a tenant:\n-- ALTER TABLE %s ALTER COLUMN %s SET NOT NULL;", qt, col),
+			fmt.Sprintf("-- After giving every row a tenant:\n-- ALTER TABLE %s ALTER COLUMN %s SET NOT NULL;", oneLine(qt), oneLine(col)),
 			"%s.%s is nullable: a row without a tenant belongs to nobody and is invisible to every tenant", key, a.column)
 	}
 	if c.Textual && !a.hasNonEmptyCheck(c) {
@@ -617,3 +621,14 @@ func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`)
 
 // quoteLiteral quotes a string literal (standard_conforming_strings on).
 func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+
+// oneLine replaces line breaks (and other control characters) with spaces,
+// for text written into an SQL comment.
+func oneLine(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < ' ' || r == 0x7f || r == '\u2028' || r == '\u2029' {
+			return ' '
+		}
+		return r
+	}, s)
+}

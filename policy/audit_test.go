@@ -410,3 +410,19 @@ func TestFixSQL(t *testing.T) {
 		}
 	})
 }
+
+// TestFixSQLCommentsStayComments: text from the database (a policy
+// expression, a quoted identifier) may hold line breaks; in the migration's
+// comments they must not end the comment and become SQL.
+func TestFixSQLCommentsStayComments(t *testing.T) {
+	evil := "x\nALTER ROLE owner SUPERUSER; --"
+	out := FixSQL([]Finding{
+		{Severity: SeverityError, Code: CodePolicyNotKeyed, Object: "public.t", Message: "policy uses " + evil},
+		{Severity: SeverityError, Code: CodeRLSDisabled, Object: "public." + evil, Fix: "ALTER TABLE x ENABLE ROW LEVEL SECURITY;"},
+	})
+	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(strings.TrimSpace(line), "ALTER ROLE") {
+			t.Fatalf("a comment's text became SQL:\n%s", out)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/pgmoat/pgmoat/config"
@@ -145,7 +146,9 @@ func (a *AuditLog) AuthFailed(user, client, reason string) {
 func (a *AuditLog) statement(attrs []slog.Attr, sql string) []slog.Attr {
 	attrs = append(attrs, slog.String("fingerprint", policy.Fingerprint(sql)))
 	text := sql
-	if a.redact {
+	// A statement that sets a password is always redacted: the audit log
+	// must not hold secrets (CREATE/ALTER ROLE ... PASSWORD '...').
+	if a.redact || containsFold(sql, "password") {
 		n, err := policy.Normalize(sql)
 		if err != nil {
 			// Without a parse tree the literals cannot be told apart.
@@ -171,4 +174,14 @@ func truncateUTF8(s string, n int) (string, bool) {
 		n--
 	}
 	return s[:n], true
+}
+
+// containsFold reports whether s contains the ASCII word sub in any case.
+func containsFold(s, sub string) bool {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		if strings.EqualFold(s[i:i+len(sub)], sub) {
+			return true
+		}
+	}
+	return false
 }

@@ -88,8 +88,10 @@ func (c *session) stale(next *liveConfig) bool {
 	if !ok1 || !ok2 {
 		return true
 	}
-	// The file a password came from does not matter, only the password.
+	// The file a password came from does not matter, only the password;
+	// nor does spelling the default method out.
 	old.PasswordFile, cur.PasswordFile = "", ""
+	old.Auth, cur.Auth = old.AuthMethod(), cur.AuthMethod()
 	return !reflect.DeepEqual(old, cur)
 }
 

@@ -104,12 +104,16 @@ type policyHolder struct {
 	engine    atomic.Pointer[policy.Engine]
 	lastErr   atomic.Pointer[error]
 
+	refreshing sync.Mutex // one refresh at a time (periodic, SIGHUP), so lastErr is the latest's
+
 	mu  sync.Mutex // guards cfg and cat, and orders engine rebuilds
 	cfg *config.Config
 	cat *policy.Catalog // the current engine's
 }
 
 func (p *policyHolder) refresh(ctx context.Context) error {
+	p.refreshing.Lock()
+	defer p.refreshing.Unlock()
 	err := p.load(ctx)
 	p.metrics.CatalogRefreshed(err)
 	if err != nil {
