@@ -59,7 +59,17 @@ type Engine struct {
 	// texts whose decision consulted no constant: clients that inline
 	// their parameters (psycopg2, pgbench -M simple) send a new text every
 	// time, but few shapes. nil when caching is disabled.
-	shapes *lru.Cache[string, Class]
+	shapes *lru.Cache[string, shape]
+}
+
+// shape is what the shape cache keeps of a shareable decision.
+type shape struct {
+	class Class
+	// tail is the number of bytes after the statement's end: a trailing
+	// semicolon, whitespace, comments. It holds no constant, and
+	// pg_query.Normalize copies everything but constants verbatim, so it is
+	// the same for every text of the shape.
+	tail int
 }
 
 // entry is a cached analysis: the shared Decision plus what is needed to
@@ -77,12 +87,13 @@ type entry struct {
 }
 
 // shareable reports whether en's decision holds for every text of the same
-// shape: allowed for every session, one statement spanning the whole text,
-// no constant consulted, no temporary table involved.
+// shape: allowed for every session, one statement starting the text (what
+// follows it, such as a semicolon, is kept as shape.tail), no constant
+// consulted, no temporary table involved.
 func (en *entry) shareable(textLen int) bool {
 	d := en.d
 	return en.constFree && d.Violation == nil && en.ro == nil && len(en.temps) == 0 &&
-		len(d.CreatesTemp) == 0 && len(d.Stmts) == 1 && d.Stmts[0].Start == 0 && d.Stmts[0].End == textLen
+		len(d.CreatesTemp) == 0 && len(d.Stmts) == 1 && d.Stmts[0].Start == 0 && d.Stmts[0].End <= textLen
 }
 
 type tempRef struct {
@@ -125,7 +136,7 @@ func NewEngine(r Rules, cat *Catalog, cacheSize int) *Engine {
 			panic(fmt.Sprintf("policy: lru.New(%d): %v", cacheSize, err))
 		}
 		e.cache = c
-		e.shapes, _ = lru.New[string, Class](cacheSize)
+		e.shapes, _ = lru.New[string, shape](cacheSize)
 	}
 	e.findings = e.computeFindings()
 	return e
@@ -177,12 +188,15 @@ func (e *Engine) analyzeByShape(sql string) *entry {
 	if !ok {
 		return e.analyze(sql)
 	}
-	if c, ok := e.shapes.Get(key); ok {
-		return &entry{d: &Decision{Stmts: []Stmt{{Start: 0, End: len(sql), Class: c}}}, constFree: true}
+	// sh.tail <= len(sql) holds for every text of the shape; checked anyway
+	// so that End can never precede Start.
+	if sh, ok := e.shapes.Get(key); ok && sh.tail <= len(sql) {
+		return &entry{d: &Decision{Stmts: []Stmt{{Start: 0, End: len(sql) - sh.tail, Class: sh.class}}}, constFree: true}
 	}
 	en := e.analyze(sql)
 	if en.shareable(len(sql)) {
-		e.shapes.Add(key, en.d.Stmts[0].Class)
+		st := en.d.Stmts[0]
+		e.shapes.Add(key, shape{class: st.Class, tail: len(sql) - st.End})
 	}
 	return en
 }
