@@ -12,11 +12,17 @@ import (
 // limits.idle_timeout.
 var errIdleTimeout = errors.New("idle session timeout")
 
-// readStop lets other goroutines end the client relay: shutdown and the idle
-// timeout both move the client connection's read deadline to now, and
-// clientToServer, whose read then fails with a timeout, asks cause why. The
-// first reason wins and the deadline is never moved back, so neither
-// mechanism can undo the other. Safe for concurrent use.
+// readStop lets other goroutines end the client relay: shutdown, the idle
+// timeout and a reload's revocation move the client connection's read
+// deadline to now, and clientToServer, whose read then fails with a timeout,
+// asks cause why. The first reason wins and the deadline is never moved
+// back, so no mechanism can undo another.
+//
+// It is also a gate: the client relay holds it (enter/leave) from reading a
+// message until the message is in the rewrite state, and stopIf decides
+// under it. So a stopper that finds the session idle cannot race a message
+// already read, which would otherwise go upstream and run while its client
+// is told the session ended. Safe for concurrent use.
 type readStop struct {
 	mu     sync.Mutex
 	conn   net.Conn
@@ -35,6 +41,30 @@ func (r *readStop) stop(reason error) {
 	}
 	r.conn.SetReadDeadline(time.Now())
 }
+
+// stopIf is stop, if cond (evaluated under the gate) holds.
+func (r *readStop) stopIf(reason error, cond func() bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.reason == nil && cond() {
+		r.reason = reason
+		r.conn.SetReadDeadline(time.Now())
+	}
+}
+
+// enter returns why reads were stopped, or nil and holds the gate until
+// leave: the client relay calls it for each message it read.
+func (r *readStop) enter() error {
+	r.mu.Lock()
+	if r.reason != nil {
+		r.mu.Unlock()
+		return r.reason
+	}
+	return nil
+}
+
+// leave releases the gate enter took.
+func (r *readStop) leave() { r.mu.Unlock() }
 
 // cause is the reason of the first stop, or nil if reads were not stopped.
 func (r *readStop) cause() error {
@@ -156,11 +186,11 @@ func (s *adminState) idle() bool {
 	return s.pending.Load() == 0 && !s.unsynced.Load() && (st == 'I' || st == 0)
 }
 
-// idleForTimeout reports whether the session is idle for limits.idle_timeout:
-// no transaction open and no reply owed to the client. Unlike idle (which
-// knows only an admin session's last ReadyForQuery), it does not take an
-// admin session waiting for a long query for idle.
-func (c *session) idleForTimeout() bool {
+// idle reports whether the session is at a transaction boundary: no
+// transaction open and no reply owed to the client. An admin session (no
+// rewrite state) that sent a Sync the server ignored during COPY never looks
+// idle again; shutdown and revocation then end it at their deadline.
+func (c *session) idle() bool {
 	if c.rw != nil {
 		return c.rw.Idle()
 	}
@@ -170,8 +200,7 @@ func (c *session) idleForTimeout() bool {
 // startIdleTimer arms limits.idle_timeout for the relay, if configured; its
 // expiry stops the client reads with errIdleTimeout.
 func (c *session) startIdleTimer() {
-	c.reads = newReadStop(c.conn)
-	c.idleTimer = newIdleTimer(c.srv.live().cfg.Limits.IdleTimeout, c.idleForTimeout, func() {
-		c.reads.stop(errIdleTimeout)
+	c.idleTimer = newIdleTimer(c.srv.live().cfg.Limits.IdleTimeout, c.idle, func() {
+		c.reads.stopIf(errIdleTimeout, c.idle)
 	})
 }

@@ -111,32 +111,21 @@ func (c *session) revoke() bool {
 	}
 	c.log.Info("configuration reload removed or changed the user; closing the session at its next transaction boundary")
 	c.closeIfRevoked()
+	// A client that keeps its transaction open does not keep its revoked
+	// identity: it ends at the drain deadline, as at shutdown.
+	grace := c.srv.live().cfg.Limits.ShutdownTimeout
+	time.AfterFunc(grace, func() { c.reads.stop(c.revokedError()) })
 	return true
 }
 
 // closeIfRevoked ends a revoked session that is at a transaction boundary:
-// the client's pending (or next) read fails with a timeout, which
-// clientToServer turns into revokedError. The server relay calls it after
-// each flush, revoke when it marks the session.
+// the client's pending (or next) read fails with a timeout, and
+// clientToServer returns revokedError. The server relay calls it after each
+// flush, revoke when it marks the session.
 func (c *session) closeIfRevoked() {
-	if c.reload.revoked.Load() && c.idle() {
-		c.conn.SetReadDeadline(time.Now())
+	if c.reload.revoked.Load() {
+		c.reads.stopIf(c.revokedError(), c.idle)
 	}
-}
-
-// idle reports whether the session is at a transaction boundary: the server
-// owes the client no reply and no transaction is open. For an admin session
-// (no rewrite state) it knows only the last ReadyForQuery, so a revoked admin
-// session that pipelines past a ReadyForQuery 'I' is closed with a statement
-// in flight, as pg_terminate_backend would. That errs on the side of
-// closing: adminState.idle, exact for the idle timeout, never sees an admin
-// session idle again after a Sync the server ignored during COPY.
-func (c *session) idle() bool {
-	if c.rw == nil {
-		st := c.admin.status.Load()
-		return st == 'I' || st == 0 // 0: no ReadyForQuery since pgmoat's own
-	}
-	return c.rw.Idle()
 }
 
 // revokedError is what a revoked session's client is told: PostgreSQL's

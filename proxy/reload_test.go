@@ -8,6 +8,7 @@ import (
 	"net"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
@@ -216,7 +217,7 @@ func TestRegisterAfterReload(t *testing.T) {
 	client, server := net.Pipe()
 	defer client.Close()
 	defer server.Close()
-	c := &session{srv: s, conn: server, log: log, id: Identity{User: "a", Tenant: "t"}}
+	c := &session{srv: s, conn: server, log: log, id: Identity{User: "a", Tenant: "t"}, reads: newReadStop(server)}
 	c.reload.started = s.live()
 
 	next := *cfg
@@ -257,4 +258,23 @@ func TestReloadMetrics(t *testing.T) {
 	if got := testutil.ToFloat64(m.reloadOK); got != 1 {
 		t.Errorf("last reload successful = %v after a good one", got)
 	}
+}
+
+// TestReloadRevokedTransactionEnds: a revoked session that keeps its
+// transaction open does not keep its old identity for ever: it ends at the
+// drain deadline (limits.shutdown_timeout), as at shutdown.
+func TestReloadRevokedTransactionEnds(t *testing.T) {
+	ctx := context.Background()
+	p := startProxy(t, func(c *config.Config) { c.Limits.ShutdownTimeout = 300 * time.Millisecond })
+	conn := p.connect(t, "acme_app", "acme_secret", pgx.QueryExecModeSimpleProtocol)
+	if _, err := conn.Exec(ctx, "begin"); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := reloadProxy(t, p, removeUser("acme_app")); err != nil || n != 1 {
+		t.Fatalf("Reload = %d, %v; want 1 session revoked", n, err)
+	}
+	waitFor(t, func() bool {
+		_, err := conn.Exec(ctx, "select 1")
+		return sqlstate(err) == "57P01" || conn.IsClosed()
+	})
 }

@@ -131,6 +131,7 @@ func (c *session) run(ctx context.Context) (err error) {
 			c.srv.cancels.remove(c.cancelKey[0], c.cancelKey[1])
 		}
 	}()
+	c.reads = newReadStop(c.conn) // before register: a reload may revoke at once
 	c.srv.register(c)
 	defer c.srv.unregister(c)
 	if err := c.ready(); err != nil {
@@ -312,9 +313,6 @@ func (c *session) clientToServer() error {
 				return protocolViolation("pgmoat: %v", err)
 			}
 			if ne, ok := err.(net.Error); ok && ne.Timeout() {
-				if c.reload.revoked.Load() {
-					return c.revokedError()
-				}
 				if cause := c.reads.cause(); cause != nil {
 					return cause
 				}
@@ -329,10 +327,12 @@ func (c *session) clientToServer() error {
 			c.sw.Flush()
 			return errClientClosed
 		}
-		if c.reload.revoked.Load() && c.idle() {
-			return c.revokedError() // read before closeIfRevoked's deadline: do not start it
+		if err := c.reads.enter(); err != nil {
+			return err // stopped while idle: do not start what was read
 		}
-		if err := c.handleClient(typ, msg); err != nil {
+		err = c.handleClient(typ, msg)
+		c.reads.leave()
+		if err != nil {
 			return err
 		}
 		if typ == 'Q' || typ == 'S' || typ == 'F' { // answered by ReadyForQuery
@@ -500,8 +500,7 @@ func (c *session) shutdown() {
 		defer t.Stop()
 		deadline := time.After(c.srv.live().cfg.Limits.ShutdownTimeout)
 		for {
-			if c.idle() {
-				c.reads.stop(errShutdown)
+			if c.reads.stopIf(errShutdown, c.idle); c.reads.cause() != nil {
 				return
 			}
 			select {
