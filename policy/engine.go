@@ -70,6 +70,9 @@ type shape struct {
 	// pg_query.Normalize copies everything but constants verbatim, so it is
 	// the same for every text of the shape.
 	tail int
+	// ro is what a read-only session is refused (a write), without a
+	// position: where the statement's parts fall depends on the constants.
+	ro *Violation
 }
 
 // entry is a cached analysis: the shared Decision plus what is needed to
@@ -87,12 +90,12 @@ type entry struct {
 }
 
 // shareable reports whether en's decision holds for every text of the same
-// shape: allowed for every session, one statement starting the text (what
-// follows it, such as a semicolon, is kept as shape.tail), no constant
-// consulted, no temporary table involved.
+// shape: allowed (except perhaps for read-only sessions), one statement
+// starting the text (what follows it, such as a semicolon, is kept as
+// shape.tail), no constant consulted, no temporary table involved.
 func (en *entry) shareable(textLen int) bool {
 	d := en.d
-	return en.constFree && d.Violation == nil && en.ro == nil && len(en.temps) == 0 &&
+	return en.constFree && d.Violation == nil && len(en.temps) == 0 &&
 		len(d.CreatesTemp) == 0 && len(d.Stmts) == 1 && d.Stmts[0].Start == 0 && d.Stmts[0].End <= textLen
 }
 
@@ -191,12 +194,18 @@ func (e *Engine) analyzeByShape(sql string) *entry {
 	// sh.tail <= len(sql) holds for every text of the shape; checked anyway
 	// so that End can never precede Start.
 	if sh, ok := e.shapes.Get(key); ok && sh.tail <= len(sql) {
-		return &entry{d: &Decision{Stmts: []Stmt{{Start: 0, End: len(sql) - sh.tail, Class: sh.class}}}, constFree: true}
+		return &entry{d: &Decision{Stmts: []Stmt{{Start: 0, End: len(sql) - sh.tail, Class: sh.class}}}, ro: sh.ro, constFree: true}
 	}
 	en := e.analyze(sql)
 	if en.shareable(len(sql)) {
 		st := en.d.Stmts[0]
-		e.shapes.Add(key, shape{class: st.Class, tail: len(sql) - st.End})
+		sh := shape{class: st.Class, tail: len(sql) - st.End}
+		if en.ro != nil {
+			ro := *en.ro
+			ro.Pos = -1
+			sh.ro = &ro
+		}
+		e.shapes.Add(key, sh)
 	}
 	return en
 }

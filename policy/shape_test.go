@@ -13,6 +13,7 @@ func TestShapeCache(t *testing.T) {
 	}{
 		{"SELECT * FROM orders WHERE id = 1", "SELECT * FROM orders WHERE id = 2", true},
 		{"SELECT * FROM orders WHERE id = 1;", "SELECT * FROM orders WHERE id = 22;", true},
+		{"UPDATE orders SET amount = 1 WHERE id = 2;", "UPDATE orders SET amount = 10 WHERE id = 20;", true},
 		{"SELECT * FROM orders WHERE id = 1 ; -- x\n", "SELECT * FROM orders WHERE id = 333 ; -- x\n", true},
 		{"SELECT * FROM orders WHERE status = 'new' LIMIT 5", "SELECT * FROM orders WHERE status = 'x''; select 1' LIMIT 50", true},
 		// The decision reads the constant: each text is analysed.
@@ -62,6 +63,22 @@ func TestShapeCacheAgreesOnCorpus(t *testing.T) {
 					t.Errorf("%q: cached %+v, fresh %+v", sql, d1.Stmts, d2.Stmts)
 				}
 			}
+		}
+	}
+}
+
+// TestShapeCacheReadOnly: a write shared by shape is still refused to a
+// read-only session (without a position, which depends on the constants).
+func TestShapeCacheReadOnly(t *testing.T) {
+	e := NewEngine(demoRules(), demoCatalog(t), 100)
+	ro := &Session{Tenant: "acme", ReadOnly: true}
+	for i, sql := range []string{"UPDATE orders SET amount = 1 WHERE id = 2", "UPDATE orders SET amount = 10 WHERE id = 20"} {
+		if _, v := e.Check(sql, &Session{Tenant: "acme"}); v != nil {
+			t.Fatalf("%q for a tenant: %v", sql, v)
+		}
+		_, v := e.Check(sql, ro)
+		if v == nil || v.Reason != ReasonReadOnly {
+			t.Fatalf("text %d %q for a read-only session: %v, want %s", i, sql, v, ReasonReadOnly)
 		}
 	}
 }
