@@ -56,6 +56,20 @@ const (
 	ReasonProtocol            Reason = "protocol"
 )
 
+// Auditable reports whether audit mode may let a violation of this reason
+// run (logged and counted). Only reaching a relation the policy does not
+// protect is: that is what an application being rolled out needs to find.
+// Everything else would let the client change the tenant or weaken RLS
+// (settings, roles, functions, DDL, other statements) or blind pgmoat
+// (unparsable text, reserved names, protocol), and stays refused.
+func (r Reason) Auditable() bool {
+	switch r {
+	case ReasonUnprotectedRelation, ReasonUnknownRelation, ReasonSharedWrite, ReasonSystemCatalog, ReasonReadOnly:
+		return true
+	}
+	return false
+}
+
 // Violation is why a statement is refused. It becomes an ErrorResponse.
 type Violation struct {
 	Stmt     int    // index into Decision.Stmts of the offending statement

@@ -204,6 +204,22 @@ func TestReloadPolicyMode(t *testing.T) {
 	if got := testutil.ToFloat64(p.metrics.statements.WithLabelValues(DecisionAudited)); got != 2 {
 		t.Errorf("audited statements %v, want 2", got)
 	}
+	// Audit mode never gives up the tenant: what could change it stays
+	// refused, and the session keeps its tenant.
+	for _, sql := range []string{
+		"set app.current_tenant_id = 'globex'",
+		"select set_config('app.current_tenant_id', 'globex', false)",
+		"set role postgres",
+		"do $$ begin perform set_config('app.current_tenant_id', 'globex', false); end $$",
+		"selec 1",
+	} {
+		if _, err := fresh.Exec(ctx, sql); sqlstate(err) != "42501" && sqlstate(err) != "42601" {
+			t.Errorf("audit mode, %s: %v, want a refusal", sql, err)
+		}
+	}
+	if got := tenantOf(t, fresh); got != "acme" {
+		t.Errorf("tenant %q after the refusals, want acme", got)
+	}
 }
 
 // A session that authenticated with the configuration before a reload but

@@ -412,9 +412,10 @@ func (c *session) check(sql string) (*policy.Decision, *policy.Violation) {
 	return d, nil
 }
 
-// enforce counts and audits a violation and returns it, or nil in audit mode.
+// enforce counts and audits a violation and returns it, or nil if audit
+// mode lets it run.
 func (c *session) enforce(v *policy.Violation, sql string) *policy.Violation {
-	if c.srv.live().cfg.Policy.Mode == config.ModeAudit {
+	if c.srv.live().cfg.Policy.Mode == config.ModeAudit && v.Reason.Auditable() {
 		c.record(v, sql, DecisionAudited)
 		return nil
 	}
