@@ -107,6 +107,10 @@ type Policy struct {
 	Protected []string `mapstructure:"protected"`
 	// Shared tables: global, read-only unless Writable.
 	Shared []SharedTable `mapstructure:"shared"`
+	// Internal tables hold tenant rows that tenants must never reach
+	// directly (e.g. an audit trail written by a job): refused to tenants
+	// even if protected, and left out of pgmoat check.
+	Internal []string `mapstructure:"internal"`
 	// AllowFunctions lists user-defined functions tenants may call
 	// ("schema.name"). SECURITY DEFINER functions need Trusted.
 	AllowFunctions []Function `mapstructure:"allow_functions"`
@@ -148,7 +152,8 @@ type Log struct {
 	Level  string `mapstructure:"level"`  // debug, info (default), warn, error
 	Format string `mapstructure:"format"` // json (default) or text
 	// AuditFile receives the audit log (one JSON object per line), opened
-	// append-only with mode 0600. Empty (the default) means standard error,
+	// append-only with mode 0600 and opened again on SIGHUP (log rotation).
+	// Empty (the default) means standard error,
 	// next to the process log, with each line tagged "log":"audit".
 	AuditFile string `mapstructure:"audit_file"`
 	// StatementMaxLength bounds the statement text in an audit line, in

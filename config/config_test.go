@@ -177,6 +177,9 @@ func TestLoadFull(t *testing.T) {
 	if want := []SharedTable{{Name: "countries"}, {Name: "public.feature_flags", Writable: true}}; !slices.Equal(cfg.Policy.Shared, want) {
 		t.Errorf("policy.shared = %+v, want %+v", cfg.Policy.Shared, want)
 	}
+	if !slices.Equal(cfg.Policy.Internal, []string{"audit.events"}) {
+		t.Errorf("policy.internal = %q", cfg.Policy.Internal)
+	}
 	if want := []Function{{Name: "app.current_tenant"}, {Name: "billing.close_month", Trusted: true}}; !slices.Equal(cfg.Policy.AllowFunctions, want) {
 		t.Errorf("policy.allow_functions = %+v, want %+v", cfg.Policy.AllowFunctions, want)
 	}
@@ -194,6 +197,7 @@ func TestLoadEnvAndFlags(t *testing.T) {
 	t.Setenv("PGMOAT_POLICY_MODE", "audit")
 	t.Setenv("PGMOAT_LIMITS_AUTH_TIMEOUT", "2s")
 	t.Setenv("PGMOAT_POLICY_PROTECTED", "orders,billing.invoices")
+	t.Setenv("PGMOAT_POLICY_INTERNAL", "audit.events")
 	t.Setenv("PGMOAT_UPSTREAM_PASSWORD", "from-env")
 	t.Setenv("PGMOAT_USERS_0_PASSWORD", "user-from-env")
 
@@ -206,6 +210,9 @@ func TestLoadEnvAndFlags(t *testing.T) {
 	}
 	if !slices.Equal(cfg.Policy.Protected, []string{"orders", "billing.invoices"}) {
 		t.Errorf("policy.protected = %q", cfg.Policy.Protected)
+	}
+	if !slices.Equal(cfg.Policy.Internal, []string{"audit.events"}) {
+		t.Errorf("policy.internal = %q", cfg.Policy.Internal)
 	}
 	if cfg.Upstream.Password != "from-env" || cfg.Users[0].Password != "user-from-env" {
 		t.Errorf("secrets from env: upstream %q user %q", cfg.Upstream.Password, cfg.Users[0].Password)
@@ -368,6 +375,11 @@ func TestValidateNames(t *testing.T) {
 		{"protected three parts", func(c *Config) { c.Policy.Protected = []string{"db.s.t"} }, "policy.protected[0]"},
 		{"protected quoted", func(c *Config) { c.Policy.Protected = []string{`"Orders"`} }, "policy.protected[0]"},
 		{"protected twice", func(c *Config) { c.Policy.Protected = []string{"orders", "public.orders"} }, "policy.protected[1]: public.orders is already declared"},
+		{"internal and shared", func(c *Config) {
+			c.Policy.Shared = []SharedTable{{Name: "audit"}}
+			c.Policy.Internal = []string{"public.audit"}
+		}, "policy.internal[0]: public.audit is already declared at policy.shared[0].name"},
+		{"internal bad name", func(c *Config) { c.Policy.Internal = []string{"Audit"} }, "policy.internal[0]"},
 		{"function bad name", func(c *Config) { c.Policy.AllowFunctions = []Function{{Name: "f()"}} }, "policy.allow_functions[0].name"},
 		{"negative cache", func(c *Config) { c.Policy.CacheSize = -1 }, "policy.cache_size"},
 		{"message size over 1 GiB", func(c *Config) { c.Limits.MaxMessageSize = 1<<30 + 1 }, "limits.max_message_size"},

@@ -14,6 +14,7 @@ var reloadable = []string{
 	"policy.mode",
 	"policy.protected",
 	"policy.shared",
+	"policy.internal",
 	"policy.allow_functions",
 	"policy.cache_size",
 	"limits",
@@ -44,6 +45,7 @@ func (c *Config) ApplyReload(next *Config) *Config {
 	r.Policy.Mode = next.Policy.Mode
 	r.Policy.Protected = next.Policy.Protected
 	r.Policy.Shared = next.Policy.Shared
+	r.Policy.Internal = next.Policy.Internal
 	r.Policy.AllowFunctions = next.Policy.AllowFunctions
 	r.Policy.CacheSize = next.Policy.CacheSize
 	r.Limits = next.Limits

@@ -20,6 +20,7 @@ func TestNeedsRestart(t *testing.T) {
 		"policy.mode":                   false,
 		"policy.protected":              false,
 		"policy.shared":                 false,
+		"policy.internal":               false,
 		"policy.allow_functions":        false,
 		"policy.cache_size":             false,
 		"limits.max_client_connections": false,
@@ -68,7 +69,7 @@ func TestChanges(t *testing.T) {
 		want := []string{
 			"limits.auth_timeout", "limits.max_client_connections", "limits.max_message_size", "limits.shutdown_timeout",
 			"listen", "log.format", "log.level", "metrics.tenant_label_cap", "metrics_listen",
-			"policy.allow_functions", "policy.cache_size", "policy.catalog_refresh", "policy.mode",
+			"policy.allow_functions", "policy.cache_size", "policy.catalog_refresh", "policy.internal", "policy.mode",
 			"policy.protected", "policy.shared", "policy.tenant_setting",
 			"upstream.connect_timeout", "upstream.database", "upstream.dsn", "upstream.password",
 			"users",

@@ -237,7 +237,7 @@ func (pol *Policy) validate(p *problems) {
 		p.add("policy.tenant_setting", "%q is not a custom setting name: want prefix.name in lower case, e.g. app.current_tenant_id", pol.TenantSetting)
 	}
 
-	// A table is declared once, protected or shared; "orders" and
+	// A table is declared once, protected, shared or internal; "orders" and
 	// "public.orders" are the same table.
 	declared := make(map[string]string)
 	declare := func(key, name string) {
@@ -257,6 +257,9 @@ func (pol *Policy) validate(p *problems) {
 	}
 	for i, t := range pol.Shared {
 		declare(fmt.Sprintf("policy.shared[%d].name", i), t.Name)
+	}
+	for i, name := range pol.Internal {
+		declare(fmt.Sprintf("policy.internal[%d]", i), name)
 	}
 	funcs := make(map[string]string)
 	for i, f := range pol.AllowFunctions {

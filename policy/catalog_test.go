@@ -36,6 +36,9 @@ func demoCatalog(t testing.TB) *Catalog {
 	}
 	addRel(protected("customers"))
 	addRel(protected("orders"))
+	// Protected, but declared internal in the rules.
+	addRel(protected("tenant_audit"))
+	addRel(&Relation{Schema: "public", Name: "tenant_audit_view", Kind: 'v', SecurityInvoker: true, DependsOn: []string{"public.tenant_audit"}})
 	addRel(&Relation{Schema: "public", Name: "plans", Kind: 'r'})
 	addRel(&Relation{Schema: "public", Name: "feature_flags", Kind: 'r'})
 	addRel(&Relation{Schema: "public", Name: "audit_raw", Kind: 'r', TenantColumn: true})
@@ -50,6 +53,7 @@ func demoCatalog(t testing.TB) *Catalog {
 		{"customers_id_seq", "public.customers"},
 		{"orders_id_seq", "public.orders"},
 		{"audit_raw_id_seq", "public.audit_raw"},
+		{"tenant_audit_id_seq", "public.tenant_audit"},
 		{"global_seq", ""},
 	} {
 		addRel(&Relation{Schema: "public", Name: s.seq, Kind: 'S', OwnedBy: s.owner})
@@ -114,6 +118,7 @@ func demoRules() Rules {
 		TenantSetting: testSetting,
 		Protected:     []string{"legacy", "public.audit_raw", "public.missing"},
 		Shared:        map[string]bool{"public.plans": false, "feature_flags": true, "public.gone": false, "shared_view": false},
+		Internal:      []string{"tenant_audit"},
 		AllowFunctions: map[string]bool{
 			"public.safe_fn":           false,
 			"public.stable_fn":         false,

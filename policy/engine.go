@@ -33,6 +33,9 @@ type Rules struct {
 	// Shared maps "schema.table" to whether tenants may write it. Shared
 	// tables hold no tenant rows; every tenant may read them.
 	Shared map[string]bool
+	// Internal lists tables ("schema.table" or "table") that tenants may
+	// never use, even when row-level security protects them.
+	Internal []string
 	// AllowFunctions maps user functions "schema.name" that tenants may call
 	// to whether they are trusted; only trusted functions may be SECURITY
 	// DEFINER.
@@ -46,6 +49,7 @@ type Engine struct {
 	cat       *Catalog
 	protected map[string]bool // declared protected, normalised "schema.name"
 	shared    map[string]bool // normalised "schema.name" -> writable
+	internal  map[string]bool // normalised "schema.name", refused to tenants
 	allowFn   map[string]bool // normalised "schema.name" -> trusted
 	// policySettings are Catalog.PolicySettings (lower case), without the
 	// tenant setting.
@@ -117,9 +121,13 @@ func NewEngine(r Rules, cat *Catalog, cacheSize int) *Engine {
 		protected: make(map[string]bool, len(r.Protected)),
 		shared:    make(map[string]bool, len(r.Shared)),
 		allowFn:   make(map[string]bool, len(r.AllowFunctions)),
+		internal:  make(map[string]bool, len(r.Internal)),
 	}
 	for _, name := range r.Protected {
 		e.protected[qualify(name)] = true
+	}
+	for _, name := range r.Internal {
+		e.internal[qualify(name)] = true
 	}
 	for name, writable := range r.Shared {
 		e.shared[qualify(name)] = writable
@@ -241,8 +249,9 @@ var noSession Session
 
 // Findings lists problems found at NewEngine time, one line each, for the
 // startup log: declared protected tables that are missing or lack row-level
-// security, FORCE or a tenant policy; declared shared tables that do not
-// exist; tables with a tenant column that are not protected.
+// security, FORCE or a tenant policy; declared shared or internal tables
+// that do not exist; tables with a tenant column that are neither protected
+// nor internal.
 func (e *Engine) Findings() []string { return e.findings }
 
 // CacheStats reports decision cache hits, misses and current entries.
@@ -276,9 +285,14 @@ func (e *Engine) computeFindings() []string {
 			out = append(out, fmt.Sprintf("declared shared table %q does not exist", key))
 		}
 	}
+	for _, key := range sortedKeys(e.internal) {
+		if e.cat.Relations[key] == nil {
+			out = append(out, fmt.Sprintf("declared internal table %q does not exist", key))
+		}
+	}
 	for _, key := range sortedKeys(e.cat.Relations) {
 		rel := e.cat.Relations[key]
-		if rel.TenantColumn && (rel.Kind == 'r' || rel.Kind == 'p') && !e.isProtected(key, rel) {
+		if rel.TenantColumn && (rel.Kind == 'r' || rel.Kind == 'p') && !e.isProtected(key, rel) && !e.internal[key] {
 			if _, shared := e.shared[key]; !shared {
 				out = append(out, fmt.Sprintf("table %q has a tenant_id column but is not protected by row-level security: tenants cannot use it", key))
 			}

@@ -55,6 +55,10 @@ func TestExplainObjects(t *testing.T) {
 			{"public.plans", "read", "shared, read-only", "", true},
 			{"public.audit_raw", "read", "unprotected: row-level security not enabled", "", false},
 		}},
+		{"SELECT * FROM orders, tenant_audit", Session{}, ReasonUnprotectedRelation, "SELECT", []obj{
+			{"public.orders", "read", "protected by row-level security", "", true},
+			{"public.tenant_audit", "read", "internal (policy.internal): refused to tenants", "", false},
+		}},
 		{"UPDATE plans SET price = 0", Session{}, ReasonSharedWrite, "UPDATE", []obj{
 			{"public.plans", "write", "shared, read-only", "", false},
 		}},

@@ -145,6 +145,11 @@ func (e *Engine) checkRelationDepth(key string, rel *Relation, acc access, depth
 			"if it was created after pgmoat started, reload pgmoat")
 	}
 	if e.isProtected(key, rel) {
+		if e.internal[key] {
+			return newViolation(ReasonUnprotectedRelation, key,
+				fmt.Sprintf("pgmoat: relation %q is internal: tenants may not use it", key),
+				"it is declared in policy.internal")
+		}
 		return nil
 	}
 	if acc == accessLock {
@@ -184,7 +189,7 @@ func (e *Engine) checkRelationDepth(key string, rel *Relation, acc access, depth
 			fmt.Sprintf("pgmoat: materialized view %q holds rows computed without row-level security", key),
 			"declare it shared if its rows belong to no tenant")
 	case 'S':
-		if rel.OwnedBy != "" && e.isProtected(rel.OwnedBy, e.cat.Relations[rel.OwnedBy]) {
+		if rel.OwnedBy != "" && e.isProtected(rel.OwnedBy, e.cat.Relations[rel.OwnedBy]) && !e.internal[rel.OwnedBy] {
 			return nil
 		}
 		return newViolation(ReasonUnprotectedRelation, key,
@@ -221,6 +226,9 @@ func (e *Engine) relationClass(key string, rel *Relation) string {
 			return "shared, writable"
 		}
 		return "shared, read-only"
+	}
+	if e.internal[key] {
+		return "internal (policy.internal): refused to tenants"
 	}
 	if rel == nil {
 		return "unknown"

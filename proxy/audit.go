@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -200,11 +201,13 @@ func AuditUpstream(ctx context.Context, c *PgConnector, opts policy.AuditOptions
 
 // AuditOptionsFromConfig returns the audit options the configuration implies:
 // its tenant setting, declared protected and shared tables and trusted
-// functions. The tenant column and ignored objects are the caller's.
+// functions; its internal tables are ignored. The tenant column is the
+// caller's.
 func AuditOptionsFromConfig(cfg *config.Config) policy.AuditOptions {
 	opts := policy.AuditOptions{
 		TenantSetting: cfg.Policy.TenantSetting,
 		Protected:     cfg.Policy.Protected,
+		Ignore:        slices.Clone(cfg.Policy.Internal),
 	}
 	for _, t := range cfg.Policy.Shared {
 		opts.Shared = append(opts.Shared, t.Name)

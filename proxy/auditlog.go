@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync"
 	"unicode/utf8"
 
 	"github.com/pgmoat/pgmoat/config"
@@ -44,9 +45,32 @@ const (
 // normalize): they are meant for rare events, not the allowed path.
 type AuditLog struct {
 	log    *slog.Logger
-	maxLen int  // bytes of statement text kept; 0 keeps none
-	redact bool // log the normalized text
-	file   *os.File
+	maxLen int        // bytes of statement text kept; 0 keeps none
+	redact bool       // log the normalized text
+	file   *auditFile // nil when writing to stderr
+}
+
+// auditFile is the audit log's file. Reopen swaps it for a file opened
+// again at the same path, so that a log rotator can move the old one away
+// and signal pgmoat (SIGHUP).
+type auditFile struct {
+	path string
+	mu   sync.Mutex // guards f: Write and reopen
+	f    *os.File
+}
+
+func openAuditFile(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("log.audit_file: %w", err)
+	}
+	return f, nil
+}
+
+func (w *auditFile) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.f.Write(p)
 }
 
 // NewAuditLog writes the audit log to w, with the statement settings of
@@ -67,13 +91,32 @@ func OpenAuditLog(cfg config.Log, stderr io.Writer) (*AuditLog, error) {
 	if cfg.AuditFile == "" {
 		return NewAuditLog(stderr, cfg), nil
 	}
-	f, err := os.OpenFile(cfg.AuditFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	f, err := openAuditFile(cfg.AuditFile)
 	if err != nil {
-		return nil, fmt.Errorf("log.audit_file: %w", err)
+		return nil, err
 	}
-	a := NewAuditLog(f, cfg)
-	a.file = f
+	w := &auditFile{path: cfg.AuditFile, f: f}
+	a := NewAuditLog(w, cfg)
+	a.file = w
 	return a, nil
+}
+
+// Reopen opens the audit file again at its path (creating it if a log
+// rotator moved it away) and writes there from now on. If that fails, the
+// log goes on in the file it had. Without a file it does nothing.
+func (a *AuditLog) Reopen() error {
+	if a.file == nil {
+		return nil
+	}
+	f, err := openAuditFile(a.file.path)
+	if err != nil {
+		return err
+	}
+	a.file.mu.Lock()
+	old := a.file.f
+	a.file.f = f
+	a.file.mu.Unlock()
+	return old.Close()
 }
 
 // Close closes the audit file, if OpenAuditLog opened one. Events logged
@@ -82,7 +125,9 @@ func (a *AuditLog) Close() error {
 	if a.file == nil {
 		return nil
 	}
-	return a.file.Close()
+	a.file.mu.Lock()
+	defer a.file.mu.Unlock()
+	return a.file.f.Close()
 }
 
 // AuditSession identifies the session an audit line is about.

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -212,6 +213,36 @@ func TestOpenAuditLog(t *testing.T) {
 		}
 		if stderr.Len() != 0 {
 			t.Errorf("stderr got %q", stderr.String())
+		}
+	})
+	t.Run("reopen after rotation", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "audit.log")
+		a, err := OpenAuditLog(config.Log{AuditFile: path}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a.Close()
+		a.AuthFailed("before", "c", AuthReasonUnknownUser)
+		if err := os.Rename(path, path+".1"); err != nil {
+			t.Fatal(err)
+		}
+		a.AuthFailed("moved", "c", AuthReasonUnknownUser) // still to the moved file
+		if err := a.Reopen(); err != nil {
+			t.Fatal(err)
+		}
+		a.AuthFailed("after", "c", AuthReasonUnknownUser)
+		for file, want := range map[string][]string{path + ".1": {"before", "moved"}, path: {"after"}} {
+			data, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var users []string
+			for _, l := range jsonLines(t, data) {
+				users = append(users, l["user"].(string))
+			}
+			if !slices.Equal(users, want) {
+				t.Errorf("%s holds users %q, want %q", filepath.Base(file), users, want)
+			}
 		}
 	})
 	t.Run("new file is 0600", func(t *testing.T) {

@@ -14,6 +14,7 @@ func PolicyRules(cfg *config.Config) policy.Rules {
 		TenantSetting:  strings.ToLower(cfg.Policy.TenantSetting),
 		Protected:      cfg.Policy.Protected,
 		Shared:         map[string]bool{},
+		Internal:       cfg.Policy.Internal,
 		AllowFunctions: map[string]bool{},
 	}
 	for _, t := range cfg.Policy.Shared {

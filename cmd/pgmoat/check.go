@@ -53,10 +53,10 @@ reports what breaks tenant isolation:
 
 A tenant table is a table with the tenant column (--tenant-column, default
 tenant_id) or one declared in policy.protected. Tables declared in
-policy.shared are exempt from the tenant checks. --ignore exempts a table,
-view or function (schema.name) from every check: use it for tables that hold
-tenant rows on purpose without RLS and that pgmoat refuses to tenants, e.g.
-an audit log only admins read. SECURITY DEFINER functions that
+policy.shared are exempt from the tenant checks. Tables declared in
+policy.internal (tenant rows that only admins use, which pgmoat refuses to
+tenants, e.g. an audit log) are left out of every check, and so is each
+table, view or function (schema.name) given with --ignore. SECURITY DEFINER functions that
 policy.allow_functions marks trusted are not reported. System schemas and
 objects that belong to extensions are not audited.
 
@@ -86,7 +86,7 @@ Findings without a mechanical fix are listed in comments at its end.`,
 			}
 			opts := proxy.AuditOptionsFromConfig(cfg)
 			opts.TenantColumn = tenantColumn
-			opts.Ignore = ignore
+			opts.Ignore = append(opts.Ignore, ignore...)
 			connector, err := proxy.NewPgConnector(cfg.Upstream.DSN, cfg.Upstream.Password, cfg.Upstream.ConnectTimeout)
 			if err != nil {
 				return err

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgmoat/pgmoat/config"
+	"github.com/pgmoat/pgmoat/deploy/demo"
 	"github.com/pgmoat/pgmoat/internal/pgtest"
 	"github.com/pgmoat/pgmoat/policy"
 	"github.com/pgmoat/pgmoat/proxy"
@@ -42,7 +44,18 @@ func runCheck(t *testing.T, args ...string) (code int, stdout, stderr string) {
 
 func TestCheckDemo(t *testing.T) {
 	clearEnv(t)
-	cfg := checkConfig(t, pgtest.Shared(t), "app")
+	c := pgtest.Shared(t)
+	cfg := checkConfig(t, c, "app")
+
+	t.Run("make run's configuration passes", func(t *testing.T) {
+		// deploy/demo/pgmoat.yaml declares audit_raw internal.
+		yaml := strings.ReplaceAll(demo.Config, "@PGPORT@", strconv.Itoa(c.Port))
+		yaml = strings.ReplaceAll(yaml, "host=127.0.0.1", "host="+c.Host)
+		code, stdout, stderr := runCheck(t, "check", "--config", writeConfig(t, yaml))
+		if code != 0 || stdout != "no findings\n" {
+			t.Errorf("exit code %d, stdout %q, stderr %q; want 0 and no findings", code, stdout, stderr)
+		}
+	})
 
 	t.Run("audit_raw fails the check", func(t *testing.T) {
 		code, stdout, stderr := runCheck(t, "check", "--config", cfg)

@@ -149,6 +149,7 @@ users:
     - name: public.plans
 log:
   level: %s
+  audit_file: %s
 `
 
 // TestRunReload drives `pgmoat run`: SIGHUP re-reads a changed password file
@@ -168,8 +169,9 @@ func TestRunReload(t *testing.T) {
 	}
 	p := &runningProxy{addr: freeAddr(t), metricsAddr: freeAddr(t), stderr: &syncBuffer{}, done: make(chan int, 1)}
 	dsn := c.DSN("pgmoat", "pgmoat_secret", "app")
+	auditPath := filepath.Join(dir, "audit.log")
 	write("acme.pass", "acme_secret\n")
-	write("pgmoat.yaml", fmt.Sprintf(reloadConfig, p.addr, p.metricsAddr, dsn, "", "info"))
+	write("pgmoat.yaml", fmt.Sprintf(reloadConfig, p.addr, p.metricsAddr, dsn, "", "info", auditPath))
 
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() { p.done <- execute(ctx, []string{"run", "--config", path}, io.Discard, p.stderr) }()
@@ -204,6 +206,10 @@ func TestRunReload(t *testing.T) {
 			t.Fatalf("new table before the refresh: %v, want 42501 (unknown relation)", err)
 		}
 		write("acme.pass", "rotated\n")
+		// A log rotator moves the audit log away before SIGHUP.
+		if err := os.Rename(auditPath, auditPath+".1"); err != nil {
+			t.Fatal(err)
+		}
 		if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
 			t.Fatal(err)
 		}
@@ -213,6 +219,10 @@ func TestRunReload(t *testing.T) {
 		}
 		if _, err := p.connect(t, "acme_app", "acme_secret"); sqlstate(err) != "28P01" {
 			t.Errorf("login with the old password: %v, want 28P01", err)
+		}
+		// Its audit line went to a new file at the same path.
+		if data, err := os.ReadFile(auditPath); err != nil || !strings.Contains(string(data), `"event":"auth_failed"`) {
+			t.Errorf("audit log after SIGHUP: %q, %v; want the failed login", data, err)
 		}
 		if _, err := acme.Exec(context.Background(), "select 1"); sqlstate(err) != "57P01" {
 			t.Errorf("session with the old credentials: %v, want 57P01", err)
@@ -229,7 +239,7 @@ func TestRunReload(t *testing.T) {
 
 	t.Run("file change", func(t *testing.T) {
 		globex := "  - name: globex_app\n    password: globex_secret\n    tenant: globex\n"
-		write("pgmoat.yaml", fmt.Sprintf(reloadConfig, freeAddr(t), p.metricsAddr, dsn, globex, "debug"))
+		write("pgmoat.yaml", fmt.Sprintf(reloadConfig, freeAddr(t), p.metricsAddr, dsn, globex, "debug", auditPath))
 		p.awaitMetric(t, `pgmoat_config_reloads_total{result="success"}`, 2)
 		// listen needs a restart: the old address still serves.
 		conn, err := p.connect(t, "globex_app", "globex_secret")
@@ -243,7 +253,7 @@ func TestRunReload(t *testing.T) {
 	})
 
 	t.Run("invalid config", func(t *testing.T) {
-		write("pgmoat.yaml", fmt.Sprintf(reloadConfig, p.addr, p.metricsAddr, dsn, "", "loud"))
+		write("pgmoat.yaml", fmt.Sprintf(reloadConfig, p.addr, p.metricsAddr, dsn, "", "loud", auditPath))
 		p.awaitMetric(t, `pgmoat_config_reloads_total{result="failure"}`, 1)
 		if v, err := p.metric("pgmoat_config_last_reload_successful"); err != nil || v != 0 {
 			t.Errorf("pgmoat_config_last_reload_successful = %v, %v; want 0", v, err)

@@ -69,7 +69,7 @@ func runProxy(ctx context.Context, cfg *config.Config, logger *slog.Logger, src 
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	audit, err := proxy.OpenAuditLog(cfg.Log, os.Stderr) // needs a restart to change
+	audit, err := proxy.OpenAuditLog(cfg.Log, os.Stderr) // log.audit_file needs a restart to change
 	if err != nil {
 		return err
 	}
@@ -85,7 +85,7 @@ func runProxy(ctx context.Context, cfg *config.Config, logger *slog.Logger, src 
 		Database:  database,
 		TLS:       tlsConfig,
 	})
-	rl := &reloader{src: src, log: logger, metrics: metrics, srv: srv, pol: pol, cur: cfg, auth: auth}
+	rl := &reloader{src: src, log: logger, metrics: metrics, srv: srv, pol: pol, cur: cfg, auth: auth, audit: audit}
 	go rl.watch(ctx)
 	logger.Info("pgmoat listening", "listen", ln.Addr().String(), "metrics_listen", httpLn.Addr().String(),
 		"database", database, "mode", cfg.Policy.Mode, "tls", tlsConfig != nil, "users", len(cfg.Users), "config", src.path)
@@ -234,8 +234,9 @@ type reloader struct {
 	pol     *policyHolder
 	// cur is the running configuration: the startup one with the
 	// reloadable keys of the last good reload (config.ApplyReload).
-	cur  *config.Config
-	auth proxy.Authenticator // built from cur.Users
+	cur   *config.Config
+	auth  proxy.Authenticator // built from cur.Users
+	audit *proxy.AuditLog     // reopened on SIGHUP, for log rotation
 }
 
 // watch reloads on SIGHUP and when the config file's content changes,
@@ -254,6 +255,9 @@ func (r *reloader) watch(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-r.src.hup:
+			if err := r.audit.Reopen(); err != nil {
+				r.log.Error("reopening the audit log failed; it goes on in the file it had", "err", err)
+			}
 			last, _ = fileSum(r.src.path)
 			r.reload("SIGHUP")
 			// SIGHUP also refreshes the catalog snapshot at once, e.g. after

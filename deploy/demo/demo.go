@@ -13,3 +13,9 @@ import _ "embed"
 //
 //go:embed schema.sql
 var Schema string
+
+// Config is pgmoat.yaml, the demo's configuration, with the placeholder
+// @PGPORT@ for the port of PostgreSQL on 127.0.0.1.
+//
+//go:embed pgmoat.yaml
+var Config string

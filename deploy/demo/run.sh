@@ -19,7 +19,7 @@ esac
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$REPO"
-LISTEN_PORT=6432
+LISTEN_PORT=6432 # as in deploy/demo/pgmoat.yaml
 METRICS_PORT=9930
 
 die() { echo "run.sh: $*" >&2; exit 1; }
@@ -121,18 +121,7 @@ EOF
   exit 0
 fi
 
-cat >"$DIR/pgmoat.yaml" <<EOF
-listen: 127.0.0.1:$LISTEN_PORT
-metrics_listen: 127.0.0.1:$METRICS_PORT
-upstream:
-  dsn: "host=127.0.0.1 port=$PGPORT user=pgmoat password=pgmoat_secret dbname=app sslmode=disable"
-users:
-  - {name: acme_app, password: acme_secret, tenant: acme}
-  - {name: globex_app, password: globex_secret, tenant: globex}
-policy:
-  shared:
-    - {name: public.plans}
-EOF
+sed "s/@PGPORT@/$PGPORT/" deploy/demo/pgmoat.yaml >"$DIR/pgmoat.yaml"
 
 cat <<EOF
 
@@ -151,6 +140,8 @@ Try, in another terminal:
   curl -s 127.0.0.1:$METRICS_PORT/metrics | grep pgmoat_blocked
   # PostgreSQL directly, as pgmoat's role with no tenant set: RLS shows no orders
   PGPASSWORD=pgmoat_secret psql "$DIRECT" -Atc "select count(*) from orders"
+  # audit the database for what breaks isolation (exit status 0: nothing)
+  bin/pgmoat check --config $DIR/pgmoat.yaml
 
 Ctrl-C stops pgmoat and PostgreSQL and removes $DIR.
 
