@@ -969,7 +969,12 @@ func parseQualifiedName(s string) ([]string, bool) {
 
 // operator refuses operators qualified with a schema other than
 // pg_catalog (OPERATOR(myschema.+)): a user operator runs a user function.
+// Unqualified ones go to userOperator.
 func (a *analysis) operator(name []*pg_query.Node, pos int32) {
+	if len(name) == 1 {
+		a.userOperator(name[0].GetString_().GetSval(), pos)
+		return
+	}
 	if len(name) < 2 {
 		return
 	}
@@ -984,6 +989,30 @@ func (a *analysis) operator(name []*pg_query.Node, pos int32) {
 	o.setVerdict(v)
 	a.trace(o)
 	a.fail(v, pos)
+}
+
+// userOperator checks an unqualified operator: if operators outside the
+// system schemas bear its name, the server may pick one of them, so every
+// function they call must be one tenants may call.
+func (a *analysis) userOperator(op string, pos int32) {
+	for _, fn := range a.e.cat.Operators[op] {
+		schema, name, _ := strings.Cut(fn, ".")
+		_, v := a.e.checkFunction(schema, name)
+		if v != nil {
+			v = newViolation(ReasonFunction, fn,
+				fmt.Sprintf("pgmoat: operator %q may call function %q, which tenants may not call", op, fn),
+				"allow the function in the configuration if it is safe for tenants, or qualify the operator: OPERATOR(pg_catalog."+op+")")
+		}
+		if a.x != nil {
+			o := Object{Kind: ObjectOperator, Name: op, Access: "call", Class: "user operator calling " + fn, Pos: max(int(pos), -1)}
+			o.setVerdict(v)
+			a.trace(o)
+		}
+		if v != nil {
+			a.fail(v, pos)
+			return
+		}
+	}
 }
 
 // into checks the target of SELECT INTO / CREATE TABLE AS: temporary only.

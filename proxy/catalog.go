@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -110,6 +111,20 @@ FROM pg_catalog.pg_policy p,
 WHERE pg_catalog.lower(m[1]) <> $1
 ORDER BY 1`
 
+	// Operators outside the system schemas and the functions they call;
+	// those of extensions only if the function is SECURITY DEFINER.
+	operatorsQuery = `
+SELECT o.oprname, fn.nspname || '.' || p.proname
+FROM pg_catalog.pg_operator o
+JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
+JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode
+JOIN pg_catalog.pg_namespace fn ON fn.oid = p.pronamespace
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND (p.prosecdef OR NOT EXISTS (
+    SELECT 1 FROM pg_catalog.pg_depend d
+    WHERE d.classid = 'pg_catalog.pg_operator'::pg_catalog.regclass AND d.objid = o.oid AND d.deptype = 'e'))
+ORDER BY 1, 2`
+
 	functionsQuery = `
 SELECT n.nspname, p.proname, pg_catalog.bool_or(p.prosecdef), pg_catalog.min(p.prokind::text),
        pg_catalog.bool_or(p.provolatile = 'v')
@@ -194,6 +209,18 @@ func LoadCatalog(ctx context.Context, conn *pgconn.PgConn, tenantSetting string)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("load settings read by policies: %w", err)
+	}
+	err = query(ctx, conn, operatorsQuery, nil, func(row [][]byte) {
+		if cat.Operators == nil {
+			cat.Operators = map[string][]string{}
+		}
+		op, fn := string(row[0]), string(row[1])
+		if !slices.Contains(cat.Operators[op], fn) {
+			cat.Operators[op] = append(cat.Operators[op], fn)
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load operators: %w", err)
 	}
 	err = query(ctx, conn, functionsQuery, nil, func(row [][]byte) {
 		f := &policy.Function{

@@ -2,12 +2,14 @@ package proxy
 
 import (
 	"context"
+	"reflect"
 	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgmoat/pgmoat/internal/pgtest"
+	"github.com/pgmoat/pgmoat/policy"
 )
 
 // policiesSchema: tables whose row-level security looks keyed on the tenant
@@ -77,5 +79,68 @@ func TestCatalogRefusesBypassingRole(t *testing.T) {
 	_, err = LoadCatalog(ctx, conn, "app.current_tenant_id")
 	if err == nil || !strings.Contains(err.Error(), "BYPASSRLS") {
 		t.Fatalf("LoadCatalog as superuser: %v, want a refusal", err)
+	}
+}
+
+// operatorsSchema defines operators outside pg_catalog: one calling a
+// SECURITY DEFINER function, one a plain function, and citext's (an
+// extension's, left out of the catalog: its functions are not SECURITY
+// DEFINER).
+const operatorsSchema = `
+CREATE EXTENSION citext;
+CREATE FUNCTION public.peek(int, int) RETURNS boolean LANGUAGE sql SECURITY DEFINER AS 'SELECT $1 = $2';
+CREATE OPERATOR public.=== (LEFTARG = int, RIGHTARG = int, FUNCTION = public.peek);
+CREATE FUNCTION public.near(int, int) RETURNS boolean LANGUAGE sql AS 'SELECT abs($1 - $2) < 2';
+CREATE OPERATOR public.<~> (LEFTARG = int, RIGHTARG = int, FUNCTION = public.near);
+`
+
+// User operators hide function calls: the catalog lists them, and the
+// policy refuses an operator whose function tenants may not call.
+func TestCatalogOperators(t *testing.T) {
+	c := pgtest.Shared(t)
+	ctx := context.Background()
+	if err := c.Exec(ctx, "postgres", "CREATE DATABASE ops"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Exec(context.Background(), "postgres", "DROP DATABASE ops WITH (FORCE)") })
+	if err := c.Exec(ctx, "ops", operatorsSchema); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgconn.Connect(ctx, c.DSN("pgmoat", "pgmoat_secret", "ops"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	cat, err := LoadCatalog(ctx, conn, "app.current_tenant_id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][]string{"===": {"public.peek"}, "<~>": {"public.near"}}
+	if !reflect.DeepEqual(cat.Operators, want) {
+		t.Fatalf("Operators = %v, want %v", cat.Operators, want)
+	}
+
+	rules := policy.Rules{TenantSetting: "app.current_tenant_id", AllowFunctions: map[string]bool{"public.near": false}}
+	e := policy.NewEngine(rules, cat, 0)
+	for _, tc := range []struct {
+		sql    string
+		reason policy.Reason // "" if allowed
+	}{
+		{"SELECT 1 === 2", policy.ReasonFunction},
+		{"SELECT 1 WHERE 1 === ANY (ARRAY[1, 2])", policy.ReasonFunction},
+		{"SELECT x FROM generate_series(1, 3) x ORDER BY x USING ===", policy.ReasonFunction},
+		{"SELECT 1 <~> 2", ""},                    // public.near is allowed
+		{"SELECT 1 OPERATOR(pg_catalog.=) 2", ""}, // pg_catalog only
+		{"SELECT 'a'::citext = 'A', 1 = 1", ""},   // citext's "=" is an extension's
+		{"SELECT 1 OPERATOR(public.===) 2", policy.ReasonFunction},
+	} {
+		_, v := e.Check(tc.sql, nil)
+		var got policy.Reason
+		if v != nil {
+			got = v.Reason
+		}
+		if got != tc.reason {
+			t.Errorf("%s: reason %q (%v), want %q", tc.sql, got, v, tc.reason)
+		}
 	}
 }
