@@ -117,6 +117,11 @@ type Function struct {
 	// and immutable functions run their queries read-only). Read-only
 	// sessions may not call a volatile user function.
 	Volatile bool `json:"volatile,omitempty"`
+	// Extension: an extension created every overload. Even in pg_catalog it
+	// is then a user function: tenants may call it only if the
+	// configuration allows. (An extension's overload of a built-in name,
+	// such as citext's lower, leaves the name built-in.)
+	Extension bool `json:"extension,omitempty"`
 	// Kind is pg_proc.prokind: 'f' function, 'p' procedure, 'a' aggregate,
 	// 'w' window function. In JSON it is the one-letter string.
 	Kind byte `json:"-"`

@@ -108,6 +108,9 @@ func demoCatalog(t testing.TB) *Catalog {
 	addFn(&Function{Schema: "public", Name: "process_orders", Kind: 'p', Volatile: true})
 	addFn(&Function{Schema: "public", Name: "purge", Kind: 'p', Volatile: true})
 	addFn(&Function{Schema: "public", Name: "md5", Kind: 'f'}) // shadows pg_catalog.md5
+	// pgcrypto installed into pg_catalog: user functions all the same.
+	addFn(&Function{Schema: "pg_catalog", Name: "gen_salt", Kind: 'f', Volatile: true, Extension: true})
+	addFn(&Function{Schema: "pg_catalog", Name: "crypt", Kind: 'f', Extension: true})
 	addFn(&Function{Schema: "public", Name: "dblink", Kind: 'f'})
 	addFn(&Function{Schema: "public", Name: "dblink_exec", Kind: 'f'})
 	addFn(&Function{Schema: "public", Name: "pg_stat_statements", Kind: 'f'})
@@ -123,6 +126,7 @@ func demoRules() Rules {
 		Internal:      []string{"tenant_audit"},
 		AllowFunctions: map[string]bool{
 			"public.safe_fn":           false,
+			"pg_catalog.crypt":         false,
 			"public.stable_fn":         false,
 			"public.trusted_definer":   true,
 			"public.untrusted_definer": false,

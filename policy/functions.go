@@ -103,13 +103,12 @@ func (e *Engine) checkFunction(schema, name string) (string, *Violation) {
 		}
 	}
 	key, fn := e.resolveFunction(schema, name)
-	s, _, _ := strings.Cut(key, ".")
 	if fn == nil && schema == "" {
 		return key, newViolation(ReasonFunction, name,
 			fmt.Sprintf("pgmoat: function %q is unknown", name),
 			"if it was created after pgmoat started, reload pgmoat")
 	}
-	if isSystemSchema(s) {
+	if isBuiltin(key, fn) {
 		if deniedBuiltin(name) {
 			return key, deniedFunction(key, "it can reach data, settings or sessions that row-level security does not protect")
 		}
@@ -122,7 +121,17 @@ func (e *Engine) checkFunction(schema, name string) (string, *Violation) {
 	return key, e.checkUserFunction(key, fn)
 }
 
-// checkUserFunction decides a function outside the system schemas: it must
+// isBuiltin reports whether the function key (fn its catalog entry, nil if
+// none) is PostgreSQL's own: in a system schema and not an extension's (an
+// extension can be installed into pg_catalog; its functions are then user
+// functions all the same).
+func isBuiltin(key string, fn *Function) bool {
+	s, _, _ := strings.Cut(key, ".")
+	return isSystemSchema(s) && (fn == nil || !fn.Extension)
+}
+
+// checkUserFunction decides a function outside the system schemas, or an
+// extension's: it must
 // be allowed by the configuration, and trusted if it is SECURITY DEFINER.
 // A function without a catalog entry is allowed only if trusted.
 func (e *Engine) checkUserFunction(key string, fn *Function) *Violation {
@@ -160,7 +169,7 @@ func (e *Engine) functionClass(key string, fn *Function) string {
 			return "refused everywhere (runs SQL or exposes other sessions)"
 		}
 	}
-	if qualified && isSystemSchema(schema) {
+	if qualified && isBuiltin(key, fn) {
 		switch {
 		case deniedBuiltin(name):
 			return "built-in, refused"

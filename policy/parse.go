@@ -860,7 +860,7 @@ func (a *analysis) funcCall(fc *pg_query.FuncCall) {
 		a.fail(v, fc.Location)
 		return
 	}
-	if s, _, _ := strings.Cut(key, "."); !isSystemSchema(s) && (fn == nil || fn.Volatile || fn.Kind == 'p') {
+	if !isBuiltin(key, fn) && (fn == nil || fn.Volatile || fn.Kind == 'p') {
 		// A volatile user function may write; stable and immutable ones
 		// run their queries read-only.
 		a.readOnly(fmt.Sprintf("calling volatile function %q", key), fc.Location)

@@ -127,9 +127,11 @@ ORDER BY 1, 2`
 
 	functionsQuery = `
 SELECT n.nspname, p.proname, pg_catalog.bool_or(p.prosecdef), pg_catalog.min(p.prokind::text),
-       pg_catalog.bool_or(p.provolatile = 'v')
+       pg_catalog.bool_or(p.provolatile = 'v'), pg_catalog.bool_and(d.objid IS NOT NULL)
 FROM pg_catalog.pg_proc p
 JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+LEFT JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+  AND d.objid = p.oid AND d.deptype = 'e'
 GROUP BY n.nspname, p.proname`
 )
 
@@ -229,6 +231,7 @@ func LoadCatalog(ctx context.Context, conn *pgconn.PgConn, tenantSetting string)
 			SecurityDefiner: isTrue(row[2]),
 			Kind:            row[3][0],
 			Volatile:        isTrue(row[4]),
+			Extension:       isTrue(row[5]),
 		}
 		cat.Functions[f.Key()] = f
 	})

@@ -119,6 +119,11 @@ func TestCatalogOperators(t *testing.T) {
 	if !reflect.DeepEqual(cat.Operators, want) {
 		t.Fatalf("Operators = %v, want %v", cat.Operators, want)
 	}
+	for key, want := range map[string]bool{"public.citext_eq": true, "pg_catalog.lower": false, "public.peek": false} {
+		if fn := cat.Functions[key]; fn == nil || fn.Extension != want {
+			t.Errorf("%s: %+v, want Extension %v", key, fn, want)
+		}
+	}
 
 	rules := policy.Rules{TenantSetting: "app.current_tenant_id", AllowFunctions: map[string]bool{"public.near": false}}
 	e := policy.NewEngine(rules, cat, 0)
