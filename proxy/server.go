@@ -79,9 +79,27 @@ func (s *Server) releaseTenant(tenant string) {
 	}
 }
 
+// ErrFastShutdown, as the cause of the cancellation of Serve's context
+// (context.WithCancelCause), asks for a fast shutdown: like PostgreSQL's,
+// every session ends at once, its open transaction rolled back and a
+// statement it has running on the server cancelled, and its client gets
+// FATAL 57P01. A context cancelled for any other cause shuts down gracefully.
+var ErrFastShutdown = errors.New("fast shutdown")
+
+// shutdownGrace is how long sessions may finish their transactions once ctx,
+// Serve's context, is done: limits.shutdown_timeout, or zero for a fast
+// shutdown.
+func (s *Server) shutdownGrace(ctx context.Context) time.Duration {
+	if errors.Is(context.Cause(ctx), ErrFastShutdown) {
+		return 0
+	}
+	return s.live().cfg.Limits.ShutdownTimeout
+}
+
 // Serve accepts connections on ln until ctx is cancelled. Then it stops
 // accepting, lets each session finish its transaction up to
-// limits.shutdown_timeout, closes the rest, and returns.
+// limits.shutdown_timeout (not at all if ctx's cause is ErrFastShutdown),
+// closes the rest, and returns.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
@@ -111,7 +129,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	go func() { s.wg.Wait(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(s.live().cfg.Limits.ShutdownTimeout + time.Second):
+	case <-time.After(s.shutdownGrace(ctx) + time.Second):
 		s.opts.Logger.Warn("sessions still open after the shutdown deadline")
 	}
 	return nil
@@ -141,10 +159,13 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 	s.active.Add(-1)
 	result := resultOf(err)
 	m.ClientDisconnected(result)
-	if err != nil && result != ResultOK && result != ResultAuthFailed {
-		c.log.Warn("session ended", "result", result, "err", err)
-	} else {
+	switch {
+	case err == nil:
 		c.log.Debug("session ended", "result", result)
+	case result == ResultOK || result == ResultAuthFailed || errors.Is(err, errIncompleteStartup):
+		c.log.Debug("session ended", "result", result, "err", err)
+	default:
+		c.log.Warn("session ended", "result", result, "err", err)
 	}
 }
 

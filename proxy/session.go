@@ -70,6 +70,9 @@ func (c *session) run(ctx context.Context) (err error) {
 	o := c.srv.opts
 	c.conn.SetDeadline(time.Now().Add(c.reload.started.cfg.Limits.AuthTimeout))
 	st, err := c.startup()
+	if errors.Is(err, errIncompleteStartup) {
+		return err // no reply, as from PostgreSQL (startup.go)
+	}
 	if err != nil || st == nil { // st == nil: a cancel request, handled
 		return c.refuse(err)
 	}
@@ -153,10 +156,15 @@ func (c *session) startup() (*startup, error) {
 	for {
 		body, err := c.cr.NextStartup()
 		if err != nil {
-			if errors.Is(err, io.EOF) {
-				return nil, nil // a port probe
+			switch {
+			case errors.Is(err, io.EOF):
+				return nil, nil // a port probe, or a client that wanted TLS and got 'N'
+			case isFramingError(err):
+				return nil, protocolViolation("invalid startup packet: %v", err)
 			}
-			return nil, protocolViolation("invalid startup packet: %v", err)
+			// Closed, reset or timed out (limits.auth_timeout) before
+			// a whole packet arrived.
+			return nil, incompleteStartup(err)
 		}
 		switch code := binary.BigEndian.Uint32(body); code {
 		case sslRequestCode, gssEncRequestCode:
@@ -267,7 +275,7 @@ func (c *session) relay(ctx context.Context) error {
 	errc := make(chan error, 2)
 	go func() { errc <- c.clientToServer() }()
 	go func() { errc <- c.serverToClient() }()
-	stop := context.AfterFunc(ctx, c.shutdown)
+	stop := context.AfterFunc(ctx, func() { c.shutdown(c.srv.shutdownGrace(ctx)) })
 	defer stop()
 	err := <-errc
 	// Unblock the other direction, whether it waits to read or to write (a
@@ -275,6 +283,12 @@ func (c *session) relay(ctx context.Context) error {
 	c.server.Close()
 	c.conn.SetDeadline(time.Now())
 	<-errc
+	if c.reads.cause() != nil && !c.idle() {
+		// pgmoat ended the session (shutdown, revocation) inside a
+		// transaction or a statement: after the client's final error,
+		// cancel what may still run upstream.
+		defer c.cancelServer()
+	}
 	// Time to send the final error, not more.
 	c.conn.SetWriteDeadline(time.Now().Add(time.Second))
 	switch {
@@ -493,13 +507,17 @@ func (c *session) serverToClient() error {
 }
 
 // shutdown ends the session for a server shutdown: the client's next read
-// deadline fires. Sessions in a transaction (admin sessions too) get until
-// the drain deadline.
-func (c *session) shutdown() {
+// deadline fires. Sessions in a transaction (admin sessions too) get grace
+// to finish it; with no grace (a fast shutdown) every session ends at once.
+func (c *session) shutdown(grace time.Duration) {
+	if grace <= 0 {
+		c.reads.stop(errShutdown)
+		return
+	}
 	go func() {
 		t := time.NewTicker(50 * time.Millisecond)
 		defer t.Stop()
-		deadline := time.After(c.srv.live().cfg.Limits.ShutdownTimeout)
+		deadline := time.After(grace)
 		for {
 			if c.reads.stopIf(errShutdown, c.idle); c.reads.cause() != nil {
 				return
@@ -512,4 +530,17 @@ func (c *session) shutdown() {
 			}
 		}
 	}()
+}
+
+// cancelServer sends the server a CancelRequest for the session's
+// connection, which pgmoat has closed. Closing alone would not stop a
+// running statement: PostgreSQL notices a client is gone only when it next
+// reads from or writes to it, so a long statement would keep running, and
+// holding its transaction's locks, until it ends on its own.
+func (c *session) cancelServer() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.server.cancel.Cancel(ctx); err != nil {
+		c.log.Warn("cancel the statement of a closed session", "err", err)
+	}
 }

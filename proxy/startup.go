@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"strings"
 )
@@ -12,6 +13,22 @@ const (
 	sslRequestCode    = 80877103
 	gssEncRequestCode = 80877104
 )
+
+// errIncompleteStartup is the cause of a session whose client closed the
+// connection, or let limits.auth_timeout pass, before it sent a whole startup
+// packet. PostgreSQL closes such a connection without a word (a client that
+// never finished speaking is not expected to read a reply), logging at most
+// "incomplete startup packet"; pgmoat too closes it without writing, logs it
+// at debug level and counts it as a protocol error. A client that sends no
+// byte at all and closes (a port probe, or a client that asked for TLS and
+// got 'N') is not one of them: its session ends cleanly.
+var errIncompleteStartup = errors.New("incomplete startup packet")
+
+func incompleteStartup(err error) *clientError {
+	// Never sent: the code is what PostgreSQL logs.
+	return &clientError{code: "08P01", message: "closed without a reply", result: ResultProtocolError,
+		cause: fmt.Errorf("%w: %w", errIncompleteStartup, err)}
+}
 
 // startup is a client's StartupMessage, checked.
 type startup struct {

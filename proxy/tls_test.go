@@ -9,10 +9,14 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"net"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -99,4 +103,82 @@ func TestNoTLSConfigured(t *testing.T) {
 	}
 	defer conn.Close(context.Background())
 	wantOnly(t, tenantsOf(t, conn, "select tenant_id from orders"), "acme")
+}
+
+// TestUpstreamTLS: pgmoat connects upstream over TLS as the DSN's sslmode
+// says, verifying the server's certificate with verify-full; a server whose
+// certificate does not verify is refused (the client gets 08006).
+func TestUpstreamTLS(t *testing.T) {
+	c := privateCluster(t)
+	// The server reads its key as the OS user it runs as, and wants it
+	// private to that user.
+	dir := filepath.Join(c.Dir, "pg")
+	certFile, keyFile := writeTestCert(t, dir)
+	if os.Geteuid() == 0 {
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			t.Fatal(err)
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		for _, f := range []string{certFile, keyFile} {
+			if err := os.Chown(f, uid, gid); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	ctx := context.Background()
+	for _, sql := range []string{
+		fmt.Sprintf("ALTER SYSTEM SET ssl_cert_file = '%s'", certFile),
+		fmt.Sprintf("ALTER SYSTEM SET ssl_key_file = '%s'", keyFile),
+		"ALTER SYSTEM SET ssl = on",
+		"SELECT pg_reload_conf()",
+	} {
+		if err := c.Exec(ctx, "postgres", sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	otherCA, _ := writeTestCert(t, t.TempDir()) // a certificate that did not sign the server's
+	dsn := func(rootCert string) string {
+		return strings.Replace(c.DSN("pgmoat", "pgmoat_secret", "app"), "sslmode=disable", "sslmode=verify-full sslrootcert="+rootCert, 1)
+	}
+	// The reload is asynchronous: wait until the server speaks TLS.
+	bound := time.Now().Add(30 * time.Second)
+	for {
+		conn, err := pgx.Connect(ctx, dsn(certFile))
+		if err == nil {
+			conn.Close(ctx)
+			break
+		}
+		if time.Now().After(bound) {
+			t.Fatalf("server never accepted TLS: %v\n%s", err, c.LogTail())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	p := startProxy(t, func(cfg *config.Config) { cfg.Upstream.DSN = dsn(certFile) })
+	conn := p.connect(t, "acme_app", "acme_secret", pgx.QueryExecModeCacheStatement)
+	wantOnly(t, tenantsOf(t, conn, "select tenant_id from orders"), "acme")
+	su, err := pgx.Connect(ctx, c.DSN("postgres", "", "app"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer su.Close(ctx)
+	var all, plain int
+	if err := su.QueryRow(ctx, "select count(*), count(*) filter (where not s.ssl) from pg_stat_activity a join pg_stat_ssl s using (pid) where a.usename = 'pgmoat'").Scan(&all, &plain); err != nil {
+		t.Fatal(err)
+	}
+	if all == 0 || plain != 0 {
+		t.Errorf("%d of pgmoat's %d server connections are not encrypted", plain, all)
+	}
+
+	// With a root certificate that did not sign the server's, the
+	// connector refuses the server.
+	untrusted, err := NewPgConnector(dsn(otherCA), "", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := untrusted.Connect(ctx, nil); err == nil {
+		t.Error("connected to a server whose certificate does not verify")
+	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/pgmoat/pgmoat/config"
+	"github.com/pgmoat/pgmoat/proxy"
 )
 
 // Set at build time:
@@ -96,9 +97,13 @@ func newRunCmd() *cobra.Command {
 listen and serves /metrics, /healthz and /readyz on metrics_listen, until it
 receives SIGINT or SIGTERM.
 
-On SIGINT or SIGTERM pgmoat stops accepting connections and lets open sessions
-finish for up to limits.shutdown_timeout, then closes them. A second signal
-ends the process at once.
+On SIGTERM (a graceful shutdown) pgmoat stops accepting connections, closes
+each session at its next transaction boundary and lets open transactions
+finish for up to limits.shutdown_timeout, then closes the rest. On SIGINT (a
+fast shutdown, like PostgreSQL's) it stops accepting and closes every session
+at once: open transactions roll back and running statements are cancelled.
+Either way clients get FATAL 57P01 (admin_shutdown). A second SIGINT or
+SIGTERM ends the process at once.
 
 If the configuration is invalid, run prints every problem, each naming the
 file and the key, and exits with status 1 without starting.
@@ -138,14 +143,8 @@ when the config file itself changes).`,
 			hup := make(chan os.Signal, 1)
 			signal.Notify(hup, syscall.SIGHUP)
 			defer signal.Stop(hup)
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			ctx, stop := shutdownContext(cmd.Context(), logger)
 			defer stop()
-			go func() {
-				// After the first signal, restore the default handling so
-				// that a second one kills a shutdown that hangs.
-				<-ctx.Done()
-				stop()
-			}()
 
 			logger.Info("pgmoat starting", "version", version, "commit", buildCommit())
 			return runProxy(ctx, cfg, logger, reloadSource{
@@ -155,6 +154,37 @@ when the config file itself changes).`,
 	}
 	addConfigFlags(cmd.Flags())
 	return cmd
+}
+
+// shutdownContext returns a context that SIGTERM cancels for a graceful
+// shutdown and SIGINT for a fast one (its cause is proxy.ErrFastShutdown).
+// After the first of them the default handling is restored, so that a second
+// one kills a shutdown that hangs. stop releases the signals.
+func shutdownContext(parent context.Context, logger *slog.Logger) (ctx context.Context, stop func()) {
+	ctx, cancel := context.WithCancelCause(parent)
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		select {
+		case sig := <-sigs:
+			signal.Stop(sigs)
+			fast := sig == os.Interrupt
+			logger.Info("shutting down", "signal", sig.String(), "fast", fast)
+			if fast {
+				cancel(fmt.Errorf("received %v: %w", sig, proxy.ErrFastShutdown))
+			} else {
+				cancel(fmt.Errorf("received %v", sig))
+			}
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, func() {
+		signal.Stop(sigs)
+		cancel(nil)
+		<-done
+	}
 }
 
 func newCheckConfigCmd() *cobra.Command {

@@ -151,7 +151,7 @@ func TestHelp(t *testing.T) {
 		want []string
 	}{
 		{[]string{"--help"}, []string{"row-level-security", "run", "check-config", "version"}},
-		{[]string{"run", "--help"}, []string{"SIGTERM", "--config", "PGMOAT_CONFIG", "--policy-mode"}},
+		{[]string{"run", "--help"}, []string{"SIGTERM", "SIGINT", "fast shutdown", "--config", "PGMOAT_CONFIG", "--policy-mode"}},
 		{[]string{"check-config", "--help"}, []string{`"ok"`, "--config", "status 1"}},
 		{[]string{"version", "--help"}, []string{"-ldflags"}},
 	} {
