@@ -105,6 +105,10 @@ func (c *session) run(ctx context.Context) (err error) {
 	}
 
 	c.server, err = o.Connector.Connect(ctx, st.params)
+	if err != nil && ctx.Err() != nil {
+		// pgmoat began to shut down while the client logged in.
+		return c.refuse(&clientError{code: "57P03", message: "the database system is shutting down", result: ResultRefused, cause: err})
+	}
 	if err != nil {
 		o.Metrics.UpstreamConnectFailed()
 		return c.refuse(&clientError{code: "08006", message: "pgmoat: could not connect to the database server", result: ResultUpstreamError, cause: err})

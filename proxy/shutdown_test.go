@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgmoat/pgmoat/config"
 )
@@ -218,4 +220,52 @@ func TestGracefulShutdownDeadline(t *testing.T) {
 	if n := countStatus(t, p, marker); n != 0 {
 		t.Errorf("%d rows of the open transaction were committed, want 0", n)
 	}
+}
+
+// TestShutdownDuringLogin: a client still logging in when the shutdown
+// begins gets 57P03 (cannot_connect_now), as PostgreSQL answers while it
+// shuts down, rather than a connection failure.
+func TestShutdownDuringLogin(t *testing.T) {
+	base := startProxy(t, func(c *config.Config) {
+		c.Users = append(slices.Clone(c.Users), config.User{Name: "clear_app", Password: "clear_secret", Tenant: "acme",
+			Auth: config.AuthPassword, AllowCleartextWithoutTLS: true})
+	})
+	p, shut, done := serveAgain(t, base)
+	c, err := net.Dial("tcp", p.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	fe := pgproto3.NewFrontend(c, c)
+	fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber,
+		Parameters: map[string]string{"user": "clear_app", "database": "app"}})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := receive[*pgproto3.AuthenticationCleartextPassword](fe); err != nil {
+		t.Fatal(err)
+	}
+
+	shut(errors.New("test: SIGTERM"))
+	fe.Send(&pgproto3.PasswordMessage{Password: "clear_secret"})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		msg, err := fe.Receive()
+		if err != nil {
+			t.Fatalf("no error before the connection closed: %v", err)
+		}
+		if e, ok := msg.(*pgproto3.ErrorResponse); ok {
+			if e.Code != "57P03" || e.Severity != "FATAL" {
+				t.Errorf("got %s %s %q, want FATAL 57P03", e.Severity, e.Code, e.Message)
+			}
+			break
+		}
+		if _, ok := msg.(*pgproto3.AuthenticationOk); !ok {
+			t.Fatalf("got %T, want AuthenticationOk or ErrorResponse", msg)
+		}
+	}
+	<-done
 }
