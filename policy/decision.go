@@ -96,6 +96,29 @@ type Decision struct {
 	// CreatesTemp are temporary tables the text creates (CREATE TEMP TABLE,
 	// CREATE TEMP TABLE AS, SELECT INTO TEMP), to be added to the session.
 	CreatesTemp []string
+	// TempQualify are the byte offsets in the text, ascending, of every
+	// unqualified relation name that the policy allowed only as a temporary
+	// table of the session (the uses of TempNames, and of tables created
+	// earlier in the text, DROP TABLE included). The rewriter inserts
+	// TempPrefix at each, so that the server resolves the name to the
+	// session's temporary table or fails (42P01): never to a relation
+	// created since pgmoat's catalog snapshot, which the policy has not
+	// seen. Offsets in statements from Violation.Stmt on may be missing.
+	TempQualify []int
+}
+
+// TempPrefix is what the rewriter inserts at a Decision.TempQualify offset
+// of text: "pg_temp.", or " pg_temp." where the name follows a character
+// that can continue an identifier (FROM"t": without the space the keyword
+// and the schema would run together).
+func TempPrefix(text string, off int) string {
+	if off > 0 {
+		switch c := text[off-1]; {
+		case c >= 0x80, c == '_', c == '$', '0' <= c && c <= '9', 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z':
+			return " pg_temp."
+		}
+	}
+	return "pg_temp."
 }
 
 // Session is what the policy needs to know about the client session.

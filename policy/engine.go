@@ -100,7 +100,7 @@ type entry struct {
 func (en *entry) shareable(textLen int) bool {
 	d := en.d
 	return en.constFree && d.Violation == nil && len(en.temps) == 0 &&
-		len(d.CreatesTemp) == 0 && len(d.Stmts) == 1 && d.Stmts[0].Start == 0 && d.Stmts[0].End <= textLen
+		len(d.CreatesTemp) == 0 && len(d.TempQualify) == 0 && len(d.Stmts) == 1 && d.Stmts[0].Start == 0 && d.Stmts[0].End <= textLen
 }
 
 type tempRef struct {

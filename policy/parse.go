@@ -7,6 +7,7 @@ package policy
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -55,9 +56,10 @@ func (e *Engine) analyzeWith(sql string, x *Explanation) *entry {
 		}
 	}
 
-	a := &analysis{e: e, x: x, created: map[string]bool{}, tempSeen: map[string]bool{}}
+	a := &analysis{e: e, x: x, sql: sql, created: map[string]bool{}, tempSeen: map[string]bool{}}
 	for i, raw := range tree.Stmts {
 		a.stmt = i
+		a.start, a.end = d.Stmts[i].Start, d.Stmts[i].End
 		a.checkStmt(raw.Stmt, 0)
 		if a.v == nil || x != nil {
 			a.walk(raw.Stmt)
@@ -78,6 +80,11 @@ func (e *Engine) analyzeWith(sql string, x *Explanation) *entry {
 	}
 
 	d.Violation = a.v
+	if len(a.qualify) > 0 {
+		// The walk visits fields in protobuf order, not text order.
+		slices.Sort(a.qualify)
+		d.TempQualify = a.qualify
+	}
 	en := &entry{d: d, ro: a.v, temps: a.temps, constFree: !a.constUsed}
 	if a.ro != nil && (a.v == nil || a.ro.Stmt < a.v.Stmt) {
 		en.ro = a.ro
@@ -200,11 +207,13 @@ func copyFromStdin(c *pg_query.CopyStmt) bool {
 
 // analysis is the state of deciding one text.
 type analysis struct {
-	e    *Engine
-	x    *Explanation // nil unless explaining
-	stmt int          // index of the statement being analysed
-	v    *Violation   // first violation for every tenant session
-	ro   *Violation   // first violation that only read-only sessions get
+	e          *Engine
+	x          *Explanation // nil unless explaining
+	sql        string       // the whole text
+	stmt       int          // index of the statement being analysed
+	start, end int          // its byte range in sql
+	v          *Violation   // first violation for every tenant session
+	ro         *Violation   // first violation that only read-only sessions get
 
 	temps []tempRef // names the session must have created, first use each
 	// tempAccess is the Object.Access of the next needTemp (explain only).
@@ -212,6 +221,7 @@ type analysis struct {
 	tempSeen   map[string]bool // names in temps
 	created    map[string]bool // temporary tables created by earlier statements of the text
 	pending    []string        // temporary tables the current statement creates
+	qualify    []int           // Decision.TempQualify, in walk order
 	constUsed  bool            // a constant's value was consulted
 }
 
@@ -528,12 +538,24 @@ func (a *analysis) checkDrop(n *pg_query.Node, s *pg_query.DropStmt) {
 		a.refuse(n)
 		return
 	}
-	for _, obj := range s.Objects {
+	var names []dropName // where the names are in the text, found on first need
+	for i, obj := range s.Objects {
 		parts, ok := stringList(obj.GetList().GetItems())
 		var name string
 		switch {
 		case ok && len(parts) == 1:
 			name = parts[0]
+			// The String nodes of the names carry no location.
+			if names == nil {
+				names = dropNames(a.sql[a.start:a.end])
+			}
+			pos := -1
+			if len(names) == len(s.Objects) && names[i].parts == 1 {
+				pos = a.start + names[i].start
+			}
+			if !a.qualifyTemp(name, pos) {
+				return
+			}
 		case ok && len(parts) == 2 && parts[0] == "pg_temp":
 			name = parts[1]
 		default:
@@ -546,6 +568,113 @@ func (a *analysis) checkDrop(n *pg_query.Node, s *pg_query.DropStmt) {
 		a.needTemp(name, newViolation(ReasonDDL, name,
 			fmt.Sprintf("pgmoat: DROP TABLE %q is not allowed: it is not a temporary table of this session", name), ""), -1)
 	}
+}
+
+// qualifyTemp records that "pg_temp." goes before the unqualified name of
+// a temporary table that starts at byte pos of the text (see
+// Decision.TempQualify). A name that cannot be placed in the current
+// statement is refused: left unqualified, it could resolve to a relation
+// the policy has never seen.
+func (a *analysis) qualifyTemp(name string, pos int) bool {
+	if pos < a.start || pos >= a.end || !isNameStart(a.sql, pos) {
+		a.fail(newViolation(ReasonStatement, name,
+			fmt.Sprintf("pgmoat: cannot locate temporary table name %q in the text", name), ""), -1)
+		return false
+	}
+	a.qualify = append(a.qualify, pos)
+	return true
+}
+
+// isNameStart reports whether an identifier can start at byte i of sql:
+// a letter, an underscore, a non-ASCII byte, or the opening quote of "x"
+// or U&"x". (pg_temp. may go before all of them.)
+func isNameStart(sql string, i int) bool {
+	switch c := sql[i]; {
+	case c == '"', c == '_', c >= utf8.RuneSelf, 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z':
+		return true
+	}
+	return false
+}
+
+// dropName is where one name of a DROP statement is in its text.
+type dropName struct {
+	start int // byte offset of its first token
+	parts int // number of dot-separated parts
+}
+
+// dropNames finds the names of a DROP TABLE statement (text is the
+// statement alone) with the scanner, in order. It returns nil unless the
+// tokens read exactly DROP TABLE [IF EXISTS] name [, ...] [CASCADE |
+// RESTRICT] [;], comments aside.
+func dropNames(text string) []dropName {
+	res, err := pg_query.Scan(text)
+	if err != nil {
+		return nil
+	}
+	toks := make([]*pg_query.ScanToken, 0, len(res.Tokens))
+	for _, t := range res.Tokens {
+		if t.Token != pg_query.Token_SQL_COMMENT && t.Token != pg_query.Token_C_COMMENT {
+			toks = append(toks, t)
+		}
+	}
+	i := 0
+	next := func(want pg_query.Token) bool {
+		if i < len(toks) && toks[i].Token == want {
+			i++
+			return true
+		}
+		return false
+	}
+	// part consumes one part of a name: an identifier or a keyword,
+	// with the UESCAPE clause of a U&"..." identifier.
+	part := func() bool {
+		if i >= len(toks) {
+			return false
+		}
+		t := toks[i]
+		switch {
+		case t.Token == pg_query.Token_IDENT:
+		case t.Token == pg_query.Token_UIDENT:
+			i++
+			return !next(pg_query.Token_UESCAPE) || next(pg_query.Token_SCONST)
+		case t.KeywordKind == pg_query.KeywordKind_NO_KEYWORD:
+			return false
+		}
+		i++
+		return true
+	}
+	if !next(pg_query.Token_DROP) || !next(pg_query.Token_TABLE) {
+		return nil
+	}
+	if next(pg_query.Token_IF_P) && !next(pg_query.Token_EXISTS) {
+		return nil
+	}
+	var names []dropName
+	for {
+		n := dropName{parts: 1}
+		if i < len(toks) {
+			n.start = int(toks[i].Start)
+		}
+		if !part() {
+			return nil
+		}
+		for next(pg_query.Token_ASCII_46) { // '.'
+			if !part() {
+				return nil
+			}
+			n.parts++
+		}
+		names = append(names, n)
+		if !next(pg_query.Token_ASCII_44) { // ','
+			break
+		}
+	}
+	_ = next(pg_query.Token_CASCADE) || next(pg_query.Token_RESTRICT)
+	next(pg_query.Token_ASCII_59) // ';'
+	if i != len(toks) {
+		return nil
+	}
+	return names
 }
 
 // stringList returns the values of a list of String nodes.
@@ -774,8 +903,10 @@ func (a *analysis) rangeVar(rv *pg_query.RangeVar, p protopath.Values) {
 		}
 		var ok bool
 		if key, rel, ok = a.e.resolveRelation(name); !ok {
-			a.tempAccess = acc.String()
-			a.needTemp(name, unknownTemp(name), rv.Location)
+			if a.qualifyTemp(name, int(rv.Location)) {
+				a.tempAccess = acc.String()
+				a.needTemp(name, unknownTemp(name), rv.Location)
+			}
 			return
 		}
 	case "pg_temp":

@@ -153,7 +153,7 @@ func (s *Session) Query(dst, msg []byte, sql string, d *policy.Decision, v *poli
 		s.tenant = tenantUnknown
 	}
 	e := s.q.push(entry{kind: kQuery})
-	if v == nil && !s.needsInjection(d) {
+	if v == nil && len(d.TempQualify) == 0 && !s.needsInjection(d) {
 		dst = append(dst, msg...)
 		for _, st := range d.Stmts {
 			s.track(st.Class)
@@ -198,13 +198,15 @@ func (s *Session) track(c policy.Class) {
 	}
 }
 
-// rewriteQuery writes the Query with SET LOCAL spliced in where needed and,
-// if v is set, everything after the refused statement replaced by the
-// failing statement.
+// rewriteQuery writes the Query with SET LOCAL spliced in where needed,
+// pg_temp. before the names of temporary tables (d.TempQualify) and, if v
+// is set, everything after the refused statement replaced by the failing
+// statement.
 func (s *Session) rewriteQuery(dst []byte, e *entry, sql string, d *policy.Decision, v *policy.Violation) []byte {
 	dst, at := begin(dst, 'Q')
-	from := 0 // next byte of sql to copy
-	shift := 0
+	from := 0  // next byte of sql to copy
+	shift := 0 // characters inserted so far
+	quals := d.TempQualify
 	for i, st := range d.Stmts {
 		if v != nil && i == v.Stmt {
 			// Start is just after the previous statement's semicolon.
@@ -223,6 +225,14 @@ func (s *Session) rewriteQuery(dst []byte, e *entry, sql string, d *policy.Decis
 			e.ordinals = append(e.ordinals, i+len(e.ordinals))
 			s.tenant = tenantSet
 			s.injected()
+		}
+		for ; len(quals) > 0 && quals[0] < st.End; quals = quals[1:] {
+			dst = append(dst, sql[from:quals[0]]...)
+			from = quals[0]
+			p := policy.TempPrefix(sql, from)
+			e.shifts = append(e.shifts, shiftAt{pos: charPos(sql, from) + shift, n: len(p)})
+			shift += len(p)
+			dst = append(dst, p...)
 		}
 		s.track(st.Class)
 	}
@@ -263,8 +273,44 @@ func (s *Session) Parse(dst, msg []byte, name string, d *policy.Decision, v *pol
 	}
 	s.batchStmts[name] = c
 	s.stmts[name] |= c
-	s.push(entry{kind: kParse})
-	return append(dst, msg...)
+	e := s.push(entry{kind: kParse})
+	if len(d.TempQualify) == 0 {
+		return append(dst, msg...)
+	}
+	return s.qualifyParse(dst, msg, name, e, d.TempQualify)
+}
+
+// qualifyParse appends the Parse message msg with pg_temp. inserted into its
+// text at the offsets quals, and records the insertions in e so that the
+// positions of errors in reply to the Parse point into the client's text.
+// The server keeps the rewritten text for the prepared statement: errors
+// that a later Bind or Execute reports (re-planning after DDL) carry
+// positions in it, which are not corrected.
+func (s *Session) qualifyParse(dst, msg []byte, name string, e *entry, quals []int) []byte {
+	_, text, err := ParseFields(msg)
+	if err != nil {
+		// The caller got the text with ParseFields, so this cannot
+		// happen; never forward the names unqualified.
+		e.fail = s.failure(&policy.Violation{Reason: policy.ReasonProtocol, Message: "pgmoat: invalid Parse message",
+			SQLState: "08P01", Pos: -1}, "")
+		s.blocked = true
+		return encodeParse(dst, name, s.failSQL)
+	}
+	q := string(text)
+	dst, at := begin(dst, 'P')
+	dst = append(append(dst, name...), 0)
+	from, shift := 0, 0
+	for _, off := range quals {
+		dst = append(dst, q[from:off]...)
+		from = off
+		p := policy.TempPrefix(q, off)
+		e.shifts = append(e.shifts, shiftAt{pos: charPos(q, off) + shift, n: len(p)})
+		shift += len(p)
+		dst = append(dst, p...)
+	}
+	dst = append(append(dst, q[from:]...), 0)
+	dst = append(dst, msg[5+len(name)+1+len(q)+1:]...) // parameter types
+	return finish(dst, at)
 }
 
 // FunctionCall handles a FunctionCall message; v refuses it (tenants may not
