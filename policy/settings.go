@@ -44,6 +44,9 @@ func (e *Engine) checkSetting(kind setKind, name string, values []string) *Viola
 		return newViolation(ReasonTenantSetting, name,
 			fmt.Sprintf("pgmoat: setting %q is read by a row-level security policy and cannot be changed through pgmoat", name), "")
 	}
+	if name == "search_path" && kind == setValue && e.isSearchPath(values) {
+		return nil // what names resolve to stays as the catalog says
+	}
 	if reason, ok := refusedSettings[name]; ok {
 		if reason == ReasonRole {
 			return newViolation(reason, name, fmt.Sprintf("pgmoat: SET/RESET %s is not allowed: every tenant uses pgmoat's role",
@@ -74,6 +77,29 @@ func (e *Engine) checkSetting(kind setKind, name string, values []string) *Viola
 			fmt.Sprintf("pgmoat: setting %q may only be set to its safe value through pgmoat", name), "")
 	}
 	return nil
+}
+
+// isSearchPath reports whether setting search_path to the schemas values
+// leaves it as the catalog's: the same schemas in the same order, with
+// pg_catalog named first or not at all (placed later, user functions and
+// operators would win over built-in ones).
+func (e *Engine) isSearchPath(values []string) bool {
+	if len(values) > 0 && values[0] == pgCatalog {
+		values = values[1:]
+	}
+	path := e.cat.SearchPath
+	if len(path) > 0 && path[0] == pgCatalog {
+		path = path[1:]
+	}
+	if len(values) == 0 || len(values) != len(path) {
+		return false
+	}
+	for i, v := range values {
+		if v != path[i] {
+			return false
+		}
+	}
+	return true
 }
 
 // safeEncodings are the client encodings (as cleanEncodingName spells them)
