@@ -262,10 +262,23 @@ func (c *session) refuse(err error) error {
 	// The deadline that ended the session (limits.auth_timeout) may have
 	// passed: allow time to send the final error, not more.
 	c.conn.SetWriteDeadline(time.Now().Add(time.Second))
-	if c.cw.Send(fatal(err)) == nil {
-		c.cw.Flush()
+	if c.cw.Send(fatal(err)) == nil && c.cw.Flush() == nil && resultOf(err) == ResultProtocolError {
+		linger(c.conn)
 	}
 	return err
+}
+
+// linger lets a client that is still sending (a message over
+// limits.max_message_size, a malformed startup packet) read its final
+// error: closing a socket with unread input resets the connection, and the
+// client's write would fail before it reads the error. It stops sending and
+// discards what arrives, for a second at most.
+func linger(conn net.Conn) {
+	if cw, ok := conn.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	conn.SetReadDeadline(time.Now().Add(time.Second))
+	io.Copy(io.Discard, io.LimitReader(conn, 64<<20))
 }
 
 func (c *session) refuseAuth(ae *AuthError) error {

@@ -78,9 +78,17 @@ func TestIncompleteStartup(t *testing.T) {
 			} else if i := strings.Index(string(got), "\x00C"); len(got) == 0 || got[0] != 'E' || i < 0 || len(got) < i+7 || string(got[i+2:i+7]) != tt.reply {
 				t.Errorf("reply %q, want an ErrorResponse with SQLSTATE %s", got, tt.reply)
 			}
-			// The session is counted before its connection closes.
-			if after := testutil.ToFloat64(p.metrics.clientConnsTotal.WithLabelValues(tt.result)); after != before+1 {
-				t.Errorf("connections with result %s: %v, want %v", tt.result, after, before+1)
+			// After an error pgmoat lingers until the client closes
+			// (see linger), then counts the session.
+			conn.Close()
+			for bound := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+				after := testutil.ToFloat64(p.metrics.clientConnsTotal.WithLabelValues(tt.result))
+				if after == before+1 {
+					break
+				}
+				if after > before+1 || time.Now().After(bound) {
+					t.Fatalf("connections with result %s: %v, want %v", tt.result, after, before+1)
+				}
 			}
 		})
 	}
