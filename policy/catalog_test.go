@@ -39,6 +39,10 @@ func demoCatalog(t testing.TB) *Catalog {
 	// Protected, but declared internal in the rules.
 	addRel(protected("tenant_audit"))
 	addRel(&Relation{Schema: "public", Name: "tenant_audit_view", Kind: 'v', SecurityInvoker: true, DependsOn: []string{"public.tenant_audit"}})
+	addRel(&Relation{Schema: "public", Name: "tenant_audit_2024", Kind: 'r', RowSecurity: true, ForceRowSecurity: true,
+		TenantPolicy: true, TenantColumn: true, IsPartition: true, Parents: []string{"public.tenant_audit"}})
+	// A security_invoker view over a protected table, itself declared internal.
+	addRel(&Relation{Schema: "public", Name: "internal_view", Kind: 'v', SecurityInvoker: true, DependsOn: []string{"public.orders"}})
 	addRel(&Relation{Schema: "public", Name: "plans", Kind: 'r'})
 	addRel(&Relation{Schema: "public", Name: "feature_flags", Kind: 'r'})
 	addRel(&Relation{Schema: "public", Name: "audit_raw", Kind: 'r', TenantColumn: true})
@@ -111,6 +115,8 @@ func demoCatalog(t testing.TB) *Catalog {
 	// pgcrypto installed into pg_catalog: user functions all the same.
 	addFn(&Function{Schema: "pg_catalog", Name: "gen_salt", Kind: 'f', Volatile: true, Extension: true})
 	addFn(&Function{Schema: "pg_catalog", Name: "crypt", Kind: 'f', Extension: true})
+	// No built-in is SECURITY DEFINER: one in pg_catalog is a user's.
+	addFn(&Function{Schema: "pg_catalog", Name: "definer_in_catalog", Kind: 'f', SecurityDefiner: true})
 	addFn(&Function{Schema: "public", Name: "dblink", Kind: 'f'})
 	addFn(&Function{Schema: "public", Name: "dblink_exec", Kind: 'f'})
 	addFn(&Function{Schema: "public", Name: "pg_stat_statements", Kind: 'f'})
@@ -123,7 +129,7 @@ func demoRules() Rules {
 		TenantSetting: testSetting,
 		Protected:     []string{"legacy", "public.audit_raw", "public.missing"},
 		Shared:        map[string]bool{"public.plans": false, "feature_flags": true, "public.gone": false, "shared_view": false},
-		Internal:      []string{"tenant_audit"},
+		Internal:      []string{"tenant_audit", "internal_view"},
 		AllowFunctions: map[string]bool{
 			"public.safe_fn":           false,
 			"pg_catalog.crypt":         false,

@@ -122,12 +122,12 @@ func (e *Engine) checkFunction(schema, name string) (string, *Violation) {
 }
 
 // isBuiltin reports whether the function key (fn its catalog entry, nil if
-// none) is PostgreSQL's own: in a system schema and not an extension's (an
+// none) is PostgreSQL's own: in a system schema, not an extension's (an
 // extension can be installed into pg_catalog; its functions are then user
-// functions all the same).
+// functions all the same) and not SECURITY DEFINER (no built-in is).
 func isBuiltin(key string, fn *Function) bool {
 	s, _, _ := strings.Cut(key, ".")
-	return isSystemSchema(s) && (fn == nil || !fn.Extension)
+	return isSystemSchema(s) && (fn == nil || !fn.Extension && !fn.SecurityDefiner)
 }
 
 // checkUserFunction decides a function outside the system schemas, or an

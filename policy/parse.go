@@ -707,7 +707,24 @@ func (a *analysis) walk(n *pg_query.Node) {
 		case *pg_query.FuncCall:
 			a.funcCall(x)
 		case *pg_query.A_Expr:
-			a.operator(x.Name, x.Location)
+			a.exprOperator(x)
+		case *pg_query.SubLink:
+			switch x.SubLinkType {
+			case pg_query.SubLinkType_ANY_SUBLINK, pg_query.SubLinkType_ALL_SUBLINK, pg_query.SubLinkType_ROWCOMPARE_SUBLINK:
+				if len(x.OperName) == 0 {
+					a.userOperator("=", x.Location) // x IN (SELECT ...)
+				} else {
+					a.operator(x.OperName, x.Location)
+				}
+			}
+		case *pg_query.CaseExpr:
+			if x.Arg != nil {
+				a.userOperator("=", x.Location) // CASE x WHEN v THEN ...
+			}
+		case *pg_query.JoinExpr:
+			if x.IsNatural || len(x.UsingClause) > 0 {
+				a.userOperator("=", -1)
+			}
 		case *pg_query.SortBy:
 			a.operator(x.UseOp, x.Location)
 		case *pg_query.IntoClause:
@@ -1122,7 +1139,22 @@ func (a *analysis) operator(name []*pg_query.Node, pos int32) {
 	a.fail(v, pos)
 }
 
-// userOperator checks an unqualified operator: if operators outside the
+// exprOperator checks the operators an expression calls: the one it names,
+// or for BETWEEN the comparisons PostgreSQL expands it into.
+func (a *analysis) exprOperator(x *pg_query.A_Expr) {
+	switch x.Kind {
+	case pg_query.A_Expr_Kind_AEXPR_BETWEEN, pg_query.A_Expr_Kind_AEXPR_NOT_BETWEEN,
+		pg_query.A_Expr_Kind_AEXPR_BETWEEN_SYM, pg_query.A_Expr_Kind_AEXPR_NOT_BETWEEN_SYM:
+		for _, op := range []string{"<", "<=", ">", ">="} {
+			a.userOperator(op, x.Location)
+		}
+	default:
+		a.operator(x.Name, x.Location)
+	}
+}
+
+// userOperator checks an unqualified operator (named in the text, or
+// implied: IN, CASE x WHEN, JOIN USING compare with =): if operators outside the
 // system schemas bear its name, the server may pick one of them, so every
 // function they call must be one tenants may call.
 func (a *analysis) userOperator(op string, pos int32) {

@@ -113,6 +113,35 @@ func (e *Engine) checkRelation(key string, rel *Relation, acc access) *Violation
 }
 
 func (e *Engine) checkRelationDepth(key string, rel *Relation, acc access, depth int) *Violation {
+	v := e.relationVerdict(key, rel, acc, depth)
+	if v == nil && e.isInternal(key, rel, 0) {
+		return newViolation(ReasonUnprotectedRelation, key,
+			fmt.Sprintf("pgmoat: relation %q is internal: tenants may not use it", key),
+			"it is, or belongs to, a table declared in policy.internal")
+	}
+	return v
+}
+
+// isInternal reports whether the relation key (rel its catalog entry) is
+// declared internal, or is a partition or child of one: its rows are the
+// internal table's.
+func (e *Engine) isInternal(key string, rel *Relation, depth int) bool {
+	if e.internal[key] {
+		return true
+	}
+	if rel == nil || depth >= maxViewDepth {
+		return false
+	}
+	for _, p := range rel.Parents {
+		if e.isInternal(p, e.cat.Relations[p], depth+1) {
+			return true
+		}
+	}
+	return false
+}
+
+// relationVerdict is checkRelationDepth without policy.internal.
+func (e *Engine) relationVerdict(key string, rel *Relation, acc access, depth int) *Violation {
 	schema, name, _ := strings.Cut(key, ".")
 	switch {
 	case isSystemSchema(schema) || strings.HasPrefix(name, "pg_stat_statements"):
@@ -145,11 +174,6 @@ func (e *Engine) checkRelationDepth(key string, rel *Relation, acc access, depth
 			"if it was created after pgmoat started, reload pgmoat")
 	}
 	if e.isProtected(key, rel) {
-		if e.internal[key] {
-			return newViolation(ReasonUnprotectedRelation, key,
-				fmt.Sprintf("pgmoat: relation %q is internal: tenants may not use it", key),
-				"it is declared in policy.internal")
-		}
 		return nil
 	}
 	if acc == accessLock {
@@ -189,7 +213,7 @@ func (e *Engine) checkRelationDepth(key string, rel *Relation, acc access, depth
 			fmt.Sprintf("pgmoat: materialized view %q holds rows computed without row-level security", key),
 			"declare it shared if its rows belong to no tenant")
 	case 'S':
-		if rel.OwnedBy != "" && e.isProtected(rel.OwnedBy, e.cat.Relations[rel.OwnedBy]) && !e.internal[rel.OwnedBy] {
+		if owner := e.cat.Relations[rel.OwnedBy]; rel.OwnedBy != "" && e.isProtected(rel.OwnedBy, owner) && !e.isInternal(rel.OwnedBy, owner, 0) {
 			return nil
 		}
 		return newViolation(ReasonUnprotectedRelation, key,
@@ -227,7 +251,7 @@ func (e *Engine) relationClass(key string, rel *Relation) string {
 		}
 		return "shared, read-only"
 	}
-	if e.internal[key] {
+	if e.isInternal(key, rel, 0) {
 		return "internal (policy.internal): refused to tenants"
 	}
 	if rel == nil {

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -80,26 +81,18 @@ func (e *Engine) checkSetting(kind setKind, name string, values []string) *Viola
 }
 
 // isSearchPath reports whether setting search_path to the schemas values
-// leaves it as the catalog's: the same schemas in the same order, with
-// pg_catalog named first or not at all (placed later, user functions and
-// operators would win over built-in ones).
+// leaves it as the catalog's: the same schemas in the same order, or, when
+// the catalog's path starts with pg_catalog, the same without it (the
+// server then puts pg_catalog first on its own).
 func (e *Engine) isSearchPath(values []string) bool {
-	if len(values) > 0 && values[0] == pgCatalog {
-		values = values[1:]
-	}
 	path := e.cat.SearchPath
-	if len(path) > 0 && path[0] == pgCatalog {
-		path = path[1:]
-	}
-	if len(values) == 0 || len(values) != len(path) {
+	if len(values) == 0 {
 		return false
 	}
-	for i, v := range values {
-		if v != path[i] {
-			return false
-		}
+	if slices.Equal(values, path) {
+		return true
 	}
-	return true
+	return len(path) > 0 && path[0] == pgCatalog && slices.Equal(values, path[1:]) && !slices.Contains(values, pgCatalog)
 }
 
 // safeEncodings are the client encodings (as cleanEncodingName spells them)

@@ -54,9 +54,10 @@ type AuditLog struct {
 // again at the same path, so that a log rotator can move the old one away
 // and signal pgmoat (SIGHUP).
 type auditFile struct {
-	path string
-	mu   sync.Mutex // guards f: Write and reopen
-	f    *os.File
+	path   string
+	mu     sync.Mutex // guards f and closed
+	f      *os.File
+	closed bool
 }
 
 func openAuditFile(path string) (*os.File, error) {
@@ -108,14 +109,17 @@ func (a *AuditLog) Reopen() error {
 	if a.file == nil {
 		return nil
 	}
+	a.file.mu.Lock()
+	defer a.file.mu.Unlock()
+	if a.file.closed {
+		return nil // a SIGHUP during exit
+	}
 	f, err := openAuditFile(a.file.path)
 	if err != nil {
 		return err
 	}
-	a.file.mu.Lock()
 	old := a.file.f
 	a.file.f = f
-	a.file.mu.Unlock()
 	return old.Close()
 }
 
@@ -127,6 +131,7 @@ func (a *AuditLog) Close() error {
 	}
 	a.file.mu.Lock()
 	defer a.file.mu.Unlock()
+	a.file.closed = true
 	return a.file.f.Close()
 }
 

@@ -86,6 +86,11 @@ func (s *Server) releaseTenant(tenant string) {
 // FATAL 57P01. A context cancelled for any other cause shuts down gracefully.
 var ErrFastShutdown = errors.New("fast shutdown")
 
+// cancelTimeout bounds the cancel request a session sends upstream when
+// pgmoat ends it mid-statement; a shutdown waits for it, and a second for the
+// sessions' final errors, past the grace.
+const cancelTimeout = 2 * time.Second
+
 // shutdownGrace is how long sessions may finish their transactions once ctx,
 // Serve's context, is done: limits.shutdown_timeout, or zero for a fast
 // shutdown.
@@ -129,7 +134,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	go func() { s.wg.Wait(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(s.shutdownGrace(ctx) + time.Second):
+	case <-time.After(s.shutdownGrace(ctx) + cancelTimeout + time.Second):
 		s.opts.Logger.Warn("sessions still open after the shutdown deadline")
 	}
 	return nil

@@ -302,9 +302,10 @@ func (c *session) relay(ctx context.Context) error {
 	<-errc
 	if c.reads.cause() != nil && !c.idle() {
 		// pgmoat ended the session (shutdown, revocation) inside a
-		// transaction or a statement: after the client's final error,
-		// cancel what may still run upstream.
-		defer c.cancelServer()
+		// transaction or a statement: cancel what may still run
+		// upstream, before a client that does not read can hold up the
+		// final error (a shutdown waits only so long).
+		c.cancelServer()
 	}
 	// Time to send the final error, not more.
 	c.conn.SetWriteDeadline(time.Now().Add(time.Second))
@@ -563,7 +564,7 @@ func (c *session) shutdown(grace time.Duration) {
 // reads from or writes to it, so a long statement would keep running, and
 // holding its transaction's locks, until it ends on its own.
 func (c *session) cancelServer() {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), cancelTimeout)
 	defer cancel()
 	if err := c.server.cancel.Cancel(ctx); err != nil {
 		c.log.Warn("cancel the statement of a closed session", "err", err)

@@ -205,7 +205,7 @@ func (s *Session) track(c policy.Class) {
 func (s *Session) rewriteQuery(dst []byte, e *entry, sql string, d *policy.Decision, v *policy.Violation) []byte {
 	dst, at := begin(dst, 'Q')
 	from := 0  // next byte of sql to copy
-	shift := 0 // characters inserted so far
+	shift := 0 // characters inserted so far (ASCII: bytes too)
 	quals := d.TempQualify
 	for i, st := range d.Stmts {
 		if v != nil && i == v.Stmt {

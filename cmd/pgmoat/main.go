@@ -102,7 +102,8 @@ each session at its next transaction boundary and lets open transactions
 finish for up to limits.shutdown_timeout, then closes the rest. On SIGINT (a
 fast shutdown, like PostgreSQL's) it stops accepting and closes every session
 at once: open transactions roll back and running statements are cancelled.
-Either way clients get FATAL 57P01 (admin_shutdown). A second SIGINT or
+Either way clients get FATAL 57P01 (admin_shutdown), or 57P03
+(cannot_connect_now) if they were still logging in. A second SIGINT or
 SIGTERM ends the process at once.
 
 If the configuration is invalid, run prints every problem, each naming the

@@ -1,0 +1,68 @@
+package policy
+
+import "testing"
+
+// Operators PostgreSQL calls without the text naming them (BETWEEN, IN,
+// CASE x WHEN, JOIN USING) are checked as if named: with user comparison
+// operators in the catalog, each of these may call their function.
+func TestImpliedUserOperators(t *testing.T) {
+	cat := demoCatalog(t)
+	cat.Operators = map[string][]string{
+		"=": {"public.elevated"}, "<": {"public.elevated"}, "<=": {"public.elevated"},
+		">": {"public.elevated"}, ">=": {"public.elevated"},
+	}
+	e := NewEngine(demoRules(), cat, 0)
+	for _, tc := range []struct {
+		sql     string
+		allowed bool
+	}{
+		{"SELECT * FROM orders WHERE id BETWEEN 1 AND 2", false},
+		{"SELECT * FROM orders WHERE id NOT BETWEEN SYMMETRIC 1 AND 2", false},
+		{"SELECT * FROM orders WHERE id IN (SELECT id FROM customers)", false},
+		{"SELECT * FROM orders WHERE id IN (1, 2)", false},
+		{"SELECT CASE id WHEN 1 THEN 'one' END FROM orders", false},
+		{"SELECT * FROM orders JOIN customers USING (id)", false},
+		{"SELECT * FROM orders NATURAL JOIN customers", false},
+		{"SELECT * FROM orders WHERE id IS DISTINCT FROM 1", false},
+		{"SELECT NULLIF(id, 1) FROM orders", false},
+		{"SELECT * FROM orders WHERE id = 1", false},
+		{"SELECT id + 1 FROM orders ORDER BY id", true},
+		{"SELECT CASE WHEN true THEN 1 END", true},
+		{"SELECT * FROM orders JOIN customers ON true", true},
+		{"SELECT * FROM orders WHERE id OPERATOR(pg_catalog.=) 1", true},
+	} {
+		_, v := e.Check(tc.sql, nil)
+		if allowed := v == nil; allowed != tc.allowed || !allowed && v.Reason != ReasonFunction {
+			t.Errorf("%s: violation %v, want allowed %v", tc.sql, v, tc.allowed)
+		}
+	}
+}
+
+// SET search_path is allowed only when the server's path stays the
+// catalog's, whatever the catalog's path is.
+func TestSearchPathUnchanged(t *testing.T) {
+	for _, tc := range []struct {
+		catalog []string
+		set     string
+		allowed bool
+	}{
+		{[]string{"pg_catalog", "public"}, "SET search_path TO public", true},
+		{[]string{"pg_catalog", "public"}, "SET search_path TO pg_catalog, public", true},
+		{[]string{"pg_catalog", "public"}, "SET search_path TO public, pg_catalog", false},
+		{[]string{"pg_catalog", "public"}, "SET search_path TO public, public", false},
+		{[]string{"pg_catalog", "public"}, "SET search_path TO ''", false},
+		// A role whose path puts pg_catalog after public.
+		{[]string{"public", "pg_catalog"}, "SET search_path TO public, pg_catalog", true},
+		{[]string{"public", "pg_catalog"}, "SET search_path TO public", false},
+		{[]string{"public", "pg_catalog"}, "SET search_path TO pg_catalog, public, pg_catalog", false},
+		{[]string{"pg_catalog", "app", "public"}, "SET search_path TO app, public", true},
+		{[]string{"pg_catalog", "app", "public"}, "SET search_path TO public, app", false},
+	} {
+		cat := demoCatalog(t)
+		cat.SearchPath = tc.catalog
+		_, v := NewEngine(demoRules(), cat, 0).Check(tc.set, nil)
+		if allowed := v == nil; allowed != tc.allowed {
+			t.Errorf("catalog path %q, %s: violation %v, want allowed %v", tc.catalog, tc.set, v, tc.allowed)
+		}
+	}
+}
