@@ -727,6 +727,8 @@ func (a *analysis) walk(n *pg_query.Node) {
 			}
 		case *pg_query.SortBy:
 			a.operator(x.UseOp, x.Location)
+		case *pg_query.ColumnRef:
+			a.columnRef(x)
 		case *pg_query.IntoClause:
 			a.into(x)
 		case *pg_query.SelectStmt:
@@ -1137,6 +1139,31 @@ func (a *analysis) operator(name []*pg_query.Node, pos int32) {
 	o.setVerdict(v)
 	a.trace(o)
 	a.fail(v, pos)
+}
+
+// statsColumns are pg_class's planner statistics: estimates of the rows and
+// pages of every tenant together. They are refused by name wherever they
+// appear (no application table has columns so named); SELECT * FROM
+// pg_class still shows them.
+var statsColumns = setOf("reltuples", "relpages", "relallvisible")
+
+// columnRef refuses the statsColumns.
+func (a *analysis) columnRef(x *pg_query.ColumnRef) {
+	if len(x.Fields) == 0 {
+		return
+	}
+	name := x.Fields[len(x.Fields)-1].GetString_().GetSval()
+	if !statsColumns[name] {
+		return
+	}
+	v := newViolation(ReasonSystemCatalog, "pg_catalog.pg_class."+name,
+		fmt.Sprintf("pgmoat: column %q (pg_catalog.pg_class.%s) is not available to tenants: it estimates the rows of every tenant together", name, name), "")
+	if a.x != nil {
+		o := Object{Kind: ObjectRelation, Name: "pg_catalog.pg_class." + name, Access: "read", Class: "planner statistics, refused", Pos: max(int(x.Location), -1)}
+		o.setVerdict(v)
+		a.trace(o)
+	}
+	a.fail(v, x.Location)
 }
 
 // exprOperator checks the operators an expression calls: the one it names,
