@@ -516,8 +516,7 @@ func (c *session) serverToClient() error {
 		if len(out) > 0 && (!c.sr.HasMessage() || len(out) >= flushSize) {
 			c.srv.opts.Metrics.ClientBytesSent(len(out))
 			c.cwu.Lock()
-			c.cw.Raw(out)
-			err := c.cw.Flush()
+			err := c.cw.FlushWith(out)
 			c.cwu.Unlock()
 			out = out[:0]
 			if cap(out) > 4*flushSize {

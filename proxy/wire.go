@@ -104,6 +104,12 @@ func (mr *msgReader) fill(n int) error {
 	if mr.end-mr.start >= n {
 		return nil
 	}
+	if mr.start == mr.end {
+		// Nothing unread (the usual case between round trips): read into
+		// the whole buffer again rather than into its shrinking tail, which
+		// would split a large reply into more reads and later cost a copy.
+		mr.start, mr.end = 0, 0
+	}
 	if mr.start > 0 && mr.start+n > len(mr.buf) {
 		copy(mr.buf, mr.buf[mr.start:mr.end])
 		mr.end -= mr.start
@@ -167,6 +173,21 @@ func (mw *msgWriter) Send(msg interface{ Encode([]byte) ([]byte, error) }) error
 
 // Len is the number of buffered bytes.
 func (mw *msgWriter) Len() int { return len(mw.buf) }
+
+// FlushWith writes everything buffered followed by b, in one write. With
+// nothing buffered (the relay's case) b is written as it is, without being
+// copied into the buffer first. b is not retained.
+func (mw *msgWriter) FlushWith(b []byte) error {
+	if len(mw.buf) > 0 {
+		mw.Raw(b)
+		return mw.Flush()
+	}
+	if len(b) == 0 {
+		return nil
+	}
+	_, err := mw.w.Write(b)
+	return err
+}
 
 // Flush writes everything buffered.
 func (mw *msgWriter) Flush() error {
