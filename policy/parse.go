@@ -15,8 +15,6 @@ import (
 	pg_query "github.com/pganalyze/pg_query_go/v5"
 	pgparser "github.com/pganalyze/pg_query_go/v5/parser"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protopath"
-	"google.golang.org/protobuf/reflect/protorange"
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
@@ -212,6 +210,7 @@ type analysis struct {
 	sql        string       // the whole text
 	stmt       int          // index of the statement being analysed
 	start, end int          // its byte range in sql
+	frames     []frame      // during walk: the ancestors of the node visited
 	v          *Violation   // first violation for every tenant session
 	ro         *Violation   // first violation that only read-only sessions get
 
@@ -693,86 +692,111 @@ func stringList(items []*pg_query.Node) ([]string, bool) {
 // walk checks everything inside a statement: every relation, function
 // call, operator, SELECT INTO target and data-modifying node, wherever it
 // hides (subqueries, CTEs, defaults, EXPLAIN, PREPARE, ...). The tree is
-// only read.
+// only read. It visits every message, depth first, each message's fields
+// in declaration order, so that the first violation found is always the
+// same; it stops there unless explaining.
 func (a *analysis) walk(n *pg_query.Node) {
-	opts := protorange.Options{Stable: true} // deterministic first violation
-	_ = opts.Range(n.ProtoReflect(), func(p protopath.Values) error {
-		m, ok := messageAt(p, len(p.Values)-1)
-		if !ok {
-			return nil
-		}
-		switch x := m.Interface().(type) {
-		case *pg_query.RangeVar:
-			a.rangeVar(x, p)
-		case *pg_query.FuncCall:
-			a.funcCall(x)
-		case *pg_query.A_Expr:
-			a.exprOperator(x)
-		case *pg_query.SubLink:
-			switch x.SubLinkType {
-			case pg_query.SubLinkType_ANY_SUBLINK, pg_query.SubLinkType_ALL_SUBLINK, pg_query.SubLinkType_ROWCOMPARE_SUBLINK:
-				if len(x.OperName) == 0 {
-					a.userOperator("=", x.Location) // x IN (SELECT ...)
-				} else {
-					a.operator(x.OperName, x.Location)
-				}
-			}
-		case *pg_query.CaseExpr:
-			if x.Arg != nil {
-				a.userOperator("=", x.Location) // CASE x WHEN v THEN ...
-			}
-		case *pg_query.JoinExpr:
-			if x.IsNatural || len(x.UsingClause) > 0 {
-				a.userOperator("=", -1)
-			}
-		case *pg_query.SortBy:
-			a.operator(x.UseOp, x.Location)
-		case *pg_query.ColumnRef:
-			a.columnRef(x)
-		case *pg_query.IntoClause:
-			a.into(x)
-		case *pg_query.SelectStmt:
-			if len(x.LockingClause) > 0 {
-				a.readOnly("SELECT FOR UPDATE/SHARE", -1)
-			}
-		case *pg_query.InsertStmt:
-			a.readOnly("INSERT", x.GetRelation().GetLocation())
-		case *pg_query.UpdateStmt:
-			a.readOnly("UPDATE", x.GetRelation().GetLocation())
-		case *pg_query.DeleteStmt:
-			a.readOnly("DELETE", x.GetRelation().GetLocation())
-		case *pg_query.MergeStmt:
-			a.readOnly("MERGE", x.GetRelation().GetLocation())
-		case *pg_query.TypeCast:
-			if a.x != nil {
-				a.traceRegclass(x)
-			}
-		}
-		if a.v != nil && a.x == nil {
-			return protorange.Terminate
-		}
-		return nil
-	}, nil)
+	a.frames = a.frames[:0]
+	a.visit(n.ProtoReflect())
 }
 
-// messageAt returns the i-th value of p if it is a message.
-func messageAt(p protopath.Values, i int) (protoreflect.Message, bool) {
-	step := p.Path[i]
-	switch step.Kind() {
-	case protopath.RootStep:
-	case protopath.FieldAccessStep:
-		fd := step.FieldDescriptor()
-		if fd.Message() == nil || fd.IsList() || fd.IsMap() {
-			return nil, false
+// visit checks m and then what is below it; false means stop. a.frames
+// holds m's ancestors (Node wrappers left out) while it runs.
+func (a *analysis) visit(m protoreflect.Message) bool {
+	if _, wrapper := m.Interface().(*pg_query.Node); wrapper {
+		// A Node holds one node of one of ~250 types: go straight to it.
+		if fd := m.WhichOneof(nodeOneof); fd != nil && fd.Message() != nil {
+			return a.visit(m.Get(fd).Message())
 		}
-	case protopath.ListIndexStep:
-		if i == 0 || p.Path[i-1].Kind() != protopath.FieldAccessStep || p.Path[i-1].FieldDescriptor().Message() == nil {
-			return nil, false
-		}
-	default:
-		return nil, false
+		return true
 	}
-	return p.Values[i].Message(), true
+	if !a.check(m.Interface()) {
+		return false
+	}
+	fields := m.Descriptor().Fields()
+	for i := range fields.Len() {
+		fd := fields.Get(i)
+		if fd.Message() == nil || !m.Has(fd) {
+			continue
+		}
+		if !fd.IsList() {
+			if !a.descend(m, fd.Name(), -1, m.Get(fd).Message()) {
+				return false
+			}
+			continue
+		}
+		l := m.Get(fd).List()
+		for j := range l.Len() {
+			if !a.descend(m, fd.Name(), j, l.Get(j).Message()) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// nodeOneof is the oneof of pg_query.Node.
+var nodeOneof = (&pg_query.Node{}).ProtoReflect().Descriptor().Oneofs().Get(0)
+
+// descend visits child, reached from parent through field (at list index,
+// or -1).
+func (a *analysis) descend(parent protoreflect.Message, field protoreflect.Name, index int, child protoreflect.Message) bool {
+	a.frames = append(a.frames, frame{msg: parent.Interface(), field: field, index: index})
+	ok := a.visit(child)
+	a.frames = a.frames[:len(a.frames)-1]
+	return ok
+}
+
+// check checks one node of the tree; false means stop.
+func (a *analysis) check(m proto.Message) bool {
+	switch x := m.(type) {
+	case *pg_query.RangeVar:
+		a.rangeVar(x, append(slices.Clip(a.frames), frame{msg: x, index: -1}))
+	case *pg_query.FuncCall:
+		a.funcCall(x)
+	case *pg_query.A_Expr:
+		a.exprOperator(x)
+	case *pg_query.SubLink:
+		switch x.SubLinkType {
+		case pg_query.SubLinkType_ANY_SUBLINK, pg_query.SubLinkType_ALL_SUBLINK, pg_query.SubLinkType_ROWCOMPARE_SUBLINK:
+			if len(x.OperName) == 0 {
+				a.userOperator("=", x.Location) // x IN (SELECT ...)
+			} else {
+				a.operator(x.OperName, x.Location)
+			}
+		}
+	case *pg_query.CaseExpr:
+		if x.Arg != nil {
+			a.userOperator("=", x.Location) // CASE x WHEN v THEN ...
+		}
+	case *pg_query.JoinExpr:
+		if x.IsNatural || len(x.UsingClause) > 0 {
+			a.userOperator("=", -1)
+		}
+	case *pg_query.SortBy:
+		a.operator(x.UseOp, x.Location)
+	case *pg_query.ColumnRef:
+		a.columnRef(x)
+	case *pg_query.IntoClause:
+		a.into(x)
+	case *pg_query.SelectStmt:
+		if len(x.LockingClause) > 0 {
+			a.readOnly("SELECT FOR UPDATE/SHARE", -1)
+		}
+	case *pg_query.InsertStmt:
+		a.readOnly("INSERT", x.GetRelation().GetLocation())
+	case *pg_query.UpdateStmt:
+		a.readOnly("UPDATE", x.GetRelation().GetLocation())
+	case *pg_query.DeleteStmt:
+		a.readOnly("DELETE", x.GetRelation().GetLocation())
+	case *pg_query.MergeStmt:
+		a.readOnly("MERGE", x.GetRelation().GetLocation())
+	case *pg_query.TypeCast:
+		if a.x != nil {
+			a.traceRegclass(x)
+		}
+	}
+	return a.v == nil || a.x != nil
 }
 
 // frame is one ancestor of a node (Node wrappers left out) and how the path
@@ -781,30 +805,6 @@ type frame struct {
 	msg   proto.Message
 	field protoreflect.Name
 	index int
-}
-
-// framesOf returns the ancestors of the last value of p, outermost first,
-// ending with the value itself.
-func framesOf(p protopath.Values) []frame {
-	var fs []frame
-	for i := range p.Values {
-		m, ok := messageAt(p, i)
-		if !ok {
-			continue
-		}
-		if _, isNode := m.Interface().(*pg_query.Node); isNode {
-			continue
-		}
-		f := frame{msg: m.Interface(), index: -1}
-		if i+1 < len(p.Path) && p.Path[i+1].Kind() == protopath.FieldAccessStep {
-			f.field = p.Path[i+1].FieldDescriptor().Name()
-			if i+2 < len(p.Path) && p.Path[i+2].Kind() == protopath.ListIndexStep {
-				f.index = p.Path[i+2].ListIndex()
-			}
-		}
-		fs = append(fs, f)
-	}
-	return fs
 }
 
 // withClauseOf returns the WITH clause of a statement frame.
@@ -877,9 +877,9 @@ func lockedByClause(fs []frame) bool {
 	return false
 }
 
-// rangeVar checks one relation reference.
-func (a *analysis) rangeVar(rv *pg_query.RangeVar, p protopath.Values) {
-	fs := framesOf(p)
+// rangeVar checks one relation reference; fs are its ancestors, outermost
+// first, ending with rv itself.
+func (a *analysis) rangeVar(rv *pg_query.RangeVar, fs []frame) {
 	acc, target := accessRead, false
 	if len(fs) >= 2 {
 		parent := fs[len(fs)-2]

@@ -204,40 +204,47 @@ func (s *Session) track(c policy.Class) {
 // statement.
 func (s *Session) rewriteQuery(dst []byte, e *entry, sql string, d *policy.Decision, v *policy.Violation) []byte {
 	dst, at := begin(dst, 'Q')
-	from := 0  // next byte of sql to copy
-	shift := 0 // characters inserted so far (ASCII: bytes too)
+	sp := splice{text: sql}
 	quals := d.TempQualify
 	for i, st := range d.Stmts {
 		if v != nil && i == v.Stmt {
 			// Start is just after the previous statement's semicolon.
-			dst = append(dst, sql[from:st.Start]...)
+			dst = append(dst, sql[sp.from:st.Start]...)
 			dst = append(dst, s.failSQL...)
 			e.fail = s.failure(v, sql)
-			from = len(sql)
+			sp.from = len(sql)
 			break
 		}
 		if st.Class&policy.NeedsTenant != 0 && s.tenant != tenantSet {
-			dst = append(dst, sql[from:st.Start]...)
-			from = st.Start
-			e.shifts = append(e.shifts, shiftAt{pos: charPos(sql, st.Start) + shift, n: len(s.setLocal)})
-			shift += len(s.setLocal)
-			dst = append(dst, s.setLocal...)
+			dst = sp.insert(dst, e, st.Start, s.setLocal)
 			e.ordinals = append(e.ordinals, i+len(e.ordinals))
 			s.tenant = tenantSet
 			s.injected()
 		}
 		for ; len(quals) > 0 && quals[0] < st.End; quals = quals[1:] {
-			dst = append(dst, sql[from:quals[0]]...)
-			from = quals[0]
-			p := policy.TempPrefix(sql, from)
-			e.shifts = append(e.shifts, shiftAt{pos: charPos(sql, from) + shift, n: len(p)})
-			shift += len(p)
-			dst = append(dst, p...)
+			dst = sp.insert(dst, e, quals[0], policy.TempPrefix(sql, quals[0]))
 		}
 		s.track(st.Class)
 	}
-	dst = append(dst, sql[from:]...)
+	dst = append(dst, sql[sp.from:]...)
 	return finish(append(dst, 0), at)
+}
+
+// splice copies a query text into a message with insertions, and records
+// in the message's entry how they shift the positions the server reports.
+type splice struct {
+	text  string
+	from  int // next byte of text to copy
+	shift int // characters inserted so far (insertions are ASCII: bytes too)
+}
+
+// insert appends to dst the text up to byte off, then ins.
+func (sp *splice) insert(dst []byte, e *entry, off int, ins string) []byte {
+	dst = append(dst, sp.text[sp.from:off]...)
+	sp.from = off
+	e.shifts = append(e.shifts, shiftAt{pos: charPos(sp.text, off) + sp.shift, n: len(ins)})
+	sp.shift += len(ins)
+	return append(dst, ins...)
 }
 
 // Parse handles a Parse message for statement name with query text analysed
@@ -299,16 +306,11 @@ func (s *Session) qualifyParse(dst, msg []byte, name string, e *entry, quals []i
 	q := string(text)
 	dst, at := begin(dst, 'P')
 	dst = append(append(dst, name...), 0)
-	from, shift := 0, 0
+	sp := splice{text: q}
 	for _, off := range quals {
-		dst = append(dst, q[from:off]...)
-		from = off
-		p := policy.TempPrefix(q, off)
-		e.shifts = append(e.shifts, shiftAt{pos: charPos(q, off) + shift, n: len(p)})
-		shift += len(p)
-		dst = append(dst, p...)
+		dst = sp.insert(dst, e, off, policy.TempPrefix(q, off))
 	}
-	dst = append(append(dst, q[from:]...), 0)
+	dst = append(append(dst, q[sp.from:]...), 0)
 	dst = append(dst, msg[5+len(name)+1+len(q)+1:]...) // parameter types
 	return finish(dst, at)
 }
