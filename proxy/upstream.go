@@ -4,11 +4,13 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"maps"
 	"net"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 // Connector opens server connections for sessions. It is the one seam
@@ -27,7 +29,11 @@ type ServerConn struct {
 	// Params are the ParameterStatus values the server reported at startup.
 	Params map[string]string
 	cancel cancelTarget
+	r      io.Reader // pgconn's reader of Conn: see Connect
 }
+
+// Read reads from the server through pgconn's reader (see Connect).
+func (s *ServerConn) Read(b []byte) (int, error) { return s.r.Read(b) }
 
 // cancelTarget is where a CancelRequest for this connection goes.
 type cancelTarget struct {
@@ -85,6 +91,17 @@ func (c *PgConnector) Connect(ctx context.Context, params map[string]string) (*S
 		ctx, cancel = context.WithTimeout(ctx, c.timeout)
 		defer cancel()
 	}
+	// pgconn reads the socket through a reader of its own: while one of its
+	// writes is slow (a loaded machine), it reads in the background, and
+	// such a read may still be waiting on the socket after the login. Read
+	// directly, the relay would lose what that read gets (the server's
+	// first reply: the session would hang); read through that reader, it
+	// gets everything in order.
+	var reader io.Reader
+	cfg.BuildFrontend = func(r io.Reader, w io.Writer) *pgproto3.Frontend {
+		reader = r
+		return pgproto3.NewFrontend(r, w)
+	}
 	pc, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connect upstream: %w", err)
@@ -94,6 +111,10 @@ func (c *PgConnector) Connect(ctx context.Context, params map[string]string) (*S
 		pc.Close(ctx)
 		return nil, fmt.Errorf("hijack upstream connection: %w", err)
 	}
+	if n := h.Frontend.ReadBufferLen(); n > 0 {
+		h.Conn.Close()
+		return nil, fmt.Errorf("upstream sent %d unexpected bytes after the login", n)
+	}
 	for k, want := range parserParams {
 		if got := h.ParameterStatuses[k]; got != want {
 			h.Conn.Close()
@@ -102,6 +123,7 @@ func (c *PgConnector) Connect(ctx context.Context, params map[string]string) (*S
 	}
 	return &ServerConn{
 		Conn:      h.Conn,
+		r:         reader,
 		PID:       h.PID,
 		SecretKey: h.SecretKey,
 		Params:    h.ParameterStatuses,

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgmoat/pgmoat/config"
 	"github.com/pgmoat/pgmoat/internal/pgtest"
@@ -200,5 +201,62 @@ func TestConnectTimeout(t *testing.T) {
 	}
 	if _, err := connector.Open(context.Background()); err == nil {
 		t.Fatal("opened a connection to a server that never answered")
+	}
+}
+
+// slowWriteConn makes each write return 30 ms after it sent its bytes, as
+// a loaded machine can: after 15 ms pgconn starts reading in the background
+// (its defence against a write/read deadlock), the server's answer arrives
+// and is read while the write still seems to be going on, and the
+// background reader goes on to wait for more.
+type slowWriteConn struct{ net.Conn }
+
+func (c slowWriteConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	time.Sleep(30 * time.Millisecond)
+	return n, err
+}
+
+// TestConnectHandsOverTheSocket: when pgconn's background reader ran
+// during the login, it may still be waiting on the socket afterwards;
+// Connect must not hand the connection over until it has let go, or the
+// server's first reply would vanish into it and the session would hang
+// (seen under pgbench -C on a loaded machine).
+func TestConnectHandsOverTheSocket(t *testing.T) {
+	c := pgtest.Shared(t)
+	connector, err := NewPgConnector(c.DSN("pgmoat", "pgmoat_secret", "app"), "", 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d net.Dialer
+	connector.cfg.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return slowWriteConn{conn}, nil
+	}
+	for i := range 3 {
+		sc, err := connector.Connect(context.Background(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The guard only keeps a regression from hanging the test run.
+		sc.SetDeadline(time.Now().Add(20 * time.Second))
+		fe := pgproto3.NewFrontend(sc, sc)
+		fe.Send(&pgproto3.Query{String: "select 1"})
+		if err := fe.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		for {
+			msg, err := fe.Receive()
+			if err != nil {
+				t.Fatalf("connection %d: no reply to the first query: %v", i, err)
+			}
+			if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
+				break
+			}
+		}
+		sc.Close()
 	}
 }
