@@ -25,13 +25,13 @@ type Catalog struct {
 	// current_setting: a tenant that could change one could change what the
 	// policy lets it see, so tenants may not set them.
 	PolicySettings []string `json:"policy_settings,omitempty"`
-	// Operators maps the name of each operator defined outside the system
-	// schemas (e.g. "===") to the functions ("schema.name") such operators
-	// call. An expression using the name may call any of them (which one
-	// depends on the operand types), so each must be one a tenant may call.
-	// Operators of extensions are left out unless their function is
-	// SECURITY DEFINER: otherwise installing citext would make every "="
-	// suspect.
+	// Operators maps operators ("schema.op", e.g. "public.===") defined
+	// outside the system schemas, and any whose function is SECURITY
+	// DEFINER, to the functions ("schema.name") they call. An expression
+	// using the name may call any of them (which one depends on the operand
+	// types), so each must be one a tenant may call. Operators of
+	// extensions are left out unless their function is SECURITY DEFINER:
+	// otherwise installing citext would make every "=" suspect.
 	Operators map[string][]string `json:"operators,omitempty"`
 }
 

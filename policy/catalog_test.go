@@ -101,7 +101,7 @@ func demoCatalog(t testing.TB) *Catalog {
 	// A policy that reads a setting besides the tenant setting.
 	cat.PolicySettings = []string{"App.Bypass_RLS", testSetting}
 	// User operators: one calls a SECURITY DEFINER function, one an allowed one.
-	cat.Operators = map[string][]string{"===": {"public.elevated"}, "<~>": {"public.safe_fn"}}
+	cat.Operators = map[string][]string{"public.===": {"public.elevated"}, "public.<~>": {"public.safe_fn"}}
 
 	addFn(&Function{Schema: "public", Name: "do_thing", Kind: 'f', Volatile: true})
 	addFn(&Function{Schema: "public", Name: "elevated", Kind: 'f', SecurityDefiner: true, Volatile: true})

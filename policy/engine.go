@@ -50,6 +50,9 @@ type Engine struct {
 	protected map[string]bool // declared protected, normalised "schema.name"
 	shared    map[string]bool // normalised "schema.name" -> writable
 	internal  map[string]bool // normalised "schema.name", refused to tenants
+	// operators maps an operator's name (any schema) to the functions
+	// operators of that name may call (from Catalog.Operators).
+	operators map[string][]string
 	allowFn   map[string]bool // normalised "schema.name" -> trusted
 	// policySettings are Catalog.PolicySettings (lower case), without the
 	// tenant setting.
@@ -122,12 +125,17 @@ func NewEngine(r Rules, cat *Catalog, cacheSize int) *Engine {
 		shared:    make(map[string]bool, len(r.Shared)),
 		allowFn:   make(map[string]bool, len(r.AllowFunctions)),
 		internal:  make(map[string]bool, len(r.Internal)),
+		operators: make(map[string][]string, len(cat.Operators)),
 	}
 	for _, name := range r.Protected {
 		e.protected[qualify(name)] = true
 	}
 	for _, name := range r.Internal {
 		e.internal[qualify(name)] = true
+	}
+	for key, fns := range cat.Operators {
+		_, op, _ := strings.Cut(key, ".") // operator names have no dots
+		e.operators[op] = append(e.operators[op], fns...)
 	}
 	for name, writable := range r.Shared {
 		e.shared[qualify(name)] = writable
@@ -286,8 +294,15 @@ func (e *Engine) computeFindings() []string {
 		}
 	}
 	for _, key := range sortedKeys(e.internal) {
-		if e.cat.Relations[key] == nil {
+		rel := e.cat.Relations[key]
+		if rel == nil {
 			out = append(out, fmt.Sprintf("declared internal table %q does not exist", key))
+			continue
+		}
+		for _, p := range rel.Parents {
+			if !e.isInternal(p, e.cat.Relations[p], 0) {
+				out = append(out, fmt.Sprintf("declared internal table %q is a partition or child of %q, which is not internal: its rows are readable through %q", key, p, p))
+			}
 		}
 	}
 	for _, key := range sortedKeys(e.cat.Relations) {

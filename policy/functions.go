@@ -37,8 +37,8 @@ var deniedBuiltins = setOf(
 	"pg_notify", "pg_notification_queue_usage",
 	// commit times of every tenant's transactions
 	"pg_last_committed_xact", "pg_xact_commit_timestamp", "pg_xact_commit_timestamp_origin",
-	// sizes, which measure every tenant's rows together (so does
-	// pg_class.reltuples: see statsColumns)
+	// sizes, which measure every tenant's rows together (planner
+	// estimates, pg_class.reltuples and EXPLAIN's rows, stay visible)
 	"pg_relation_size", "pg_table_size", "pg_indexes_size", "pg_total_relation_size",
 	"pg_database_size", "pg_tablespace_size",
 )

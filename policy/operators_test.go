@@ -8,8 +8,10 @@ import "testing"
 func TestImpliedUserOperators(t *testing.T) {
 	cat := demoCatalog(t)
 	cat.Operators = map[string][]string{
-		"=": {"public.elevated"}, "<": {"public.elevated"}, "<=": {"public.elevated"},
-		">": {"public.elevated"}, ">=": {"public.elevated"},
+		"public.=": {"public.elevated"}, "public.<": {"public.elevated"}, "public.<=": {"public.elevated"},
+		"public.>": {"public.elevated"}, "public.>=": {"public.elevated"},
+		// In pg_catalog, by a superuser: reachable even when qualified.
+		"pg_catalog.<->": {"public.elevated"},
 	}
 	e := NewEngine(demoRules(), cat, 0)
 	for _, tc := range []struct {
@@ -26,10 +28,14 @@ func TestImpliedUserOperators(t *testing.T) {
 		{"SELECT * FROM orders WHERE id IS DISTINCT FROM 1", false},
 		{"SELECT NULLIF(id, 1) FROM orders", false},
 		{"SELECT * FROM orders WHERE id = 1", false},
+		// Sorting, grouping and DISTINCT use the type's default operator
+		// class, which only a superuser can create: not checked by name.
 		{"SELECT id + 1 FROM orders ORDER BY id", true},
 		{"SELECT CASE WHEN true THEN 1 END", true},
 		{"SELECT * FROM orders JOIN customers ON true", true},
 		{"SELECT * FROM orders WHERE id OPERATOR(pg_catalog.=) 1", true},
+		{"SELECT * FROM orders WHERE id OPERATOR(pg_catalog.<->) 1", false},
+		{"SELECT * FROM orders WHERE id <-> 1", false},
 	} {
 		_, v := e.Check(tc.sql, nil)
 		if allowed := v == nil; allowed != tc.allowed || !allowed && v.Reason != ReasonFunction {

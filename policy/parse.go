@@ -775,8 +775,6 @@ func (a *analysis) check(m proto.Message) bool {
 		}
 	case *pg_query.SortBy:
 		a.operator(x.UseOp, x.Location)
-	case *pg_query.ColumnRef:
-		a.columnRef(x)
 	case *pg_query.IntoClause:
 		a.into(x)
 	case *pg_query.SelectStmt:
@@ -1130,6 +1128,9 @@ func (a *analysis) operator(name []*pg_query.Node, pos int32) {
 	}
 	parts, ok := stringList(name)
 	if ok && parts[len(parts)-2] == pgCatalog {
+		// Catalog.Operators has pg_catalog's SECURITY DEFINER ones.
+		op := parts[len(parts)-1]
+		a.checkOperator(op, a.e.cat.Operators[pgCatalog+"."+op], pos)
 		return
 	}
 	op := strings.Join(parts, ".")
@@ -1139,31 +1140,6 @@ func (a *analysis) operator(name []*pg_query.Node, pos int32) {
 	o.setVerdict(v)
 	a.trace(o)
 	a.fail(v, pos)
-}
-
-// statsColumns are pg_class's planner statistics: estimates of the rows and
-// pages of every tenant together. They are refused by name wherever they
-// appear (no application table has columns so named); SELECT * FROM
-// pg_class still shows them.
-var statsColumns = setOf("reltuples", "relpages", "relallvisible")
-
-// columnRef refuses the statsColumns.
-func (a *analysis) columnRef(x *pg_query.ColumnRef) {
-	if len(x.Fields) == 0 {
-		return
-	}
-	name := x.Fields[len(x.Fields)-1].GetString_().GetSval()
-	if !statsColumns[name] {
-		return
-	}
-	v := newViolation(ReasonSystemCatalog, "pg_catalog.pg_class."+name,
-		fmt.Sprintf("pgmoat: column %q (pg_catalog.pg_class.%s) is not available to tenants: it estimates the rows of every tenant together", name, name), "")
-	if a.x != nil {
-		o := Object{Kind: ObjectRelation, Name: "pg_catalog.pg_class." + name, Access: "read", Class: "planner statistics, refused", Pos: max(int(x.Location), -1)}
-		o.setVerdict(v)
-		a.trace(o)
-	}
-	a.fail(v, x.Location)
 }
 
 // exprOperator checks the operators an expression calls: the one it names,
@@ -1181,11 +1157,17 @@ func (a *analysis) exprOperator(x *pg_query.A_Expr) {
 }
 
 // userOperator checks an unqualified operator (named in the text, or
-// implied: IN, CASE x WHEN, JOIN USING compare with =): if operators outside the
-// system schemas bear its name, the server may pick one of them, so every
-// function they call must be one tenants may call.
+// implied: IN, CASE x WHEN, JOIN USING compare with =): the server may pick
+// any operator of that name in any schema (which one depends on the operand
+// types), so every function they call must be one tenants may call.
 func (a *analysis) userOperator(op string, pos int32) {
-	for _, fn := range a.e.cat.Operators[op] {
+	a.checkOperator(op, a.e.operators[op], pos)
+}
+
+// checkOperator refuses the operator op if one of fns, the functions it may
+// call, is one tenants may not call.
+func (a *analysis) checkOperator(op string, fns []string, pos int32) {
+	for _, fn := range fns {
 		schema, name, _ := strings.Cut(fn, ".")
 		_, v := a.e.checkFunction(schema, name)
 		if v != nil {

@@ -129,8 +129,11 @@ func (e *Engine) isInternal(key string, rel *Relation, depth int) bool {
 	if e.internal[key] {
 		return true
 	}
-	if rel == nil || depth >= maxViewDepth {
+	if rel == nil {
 		return false
+	}
+	if depth >= maxViewDepth {
+		return true // too deep to tell: refuse
 	}
 	for _, p := range rel.Parents {
 		if e.isInternal(p, e.cat.Relations[p], depth+1) {

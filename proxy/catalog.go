@@ -111,18 +111,19 @@ FROM pg_catalog.pg_policy p,
 WHERE pg_catalog.lower(m[1]) <> $1
 ORDER BY 1`
 
-	// Operators outside the system schemas and the functions they call;
-	// those of extensions only if the function is SECURITY DEFINER.
+	// Operators and the functions they call: those outside the system
+	// schemas, except an extension's (unless SECURITY DEFINER), and any
+	// whose function is SECURITY DEFINER (no built-in's is).
 	operatorsQuery = `
-SELECT o.oprname, fn.nspname || '.' || p.proname
+SELECT n.nspname || '.' || o.oprname, fn.nspname || '.' || p.proname
 FROM pg_catalog.pg_operator o
 JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
 JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode
 JOIN pg_catalog.pg_namespace fn ON fn.oid = p.pronamespace
-WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
-  AND (p.prosecdef OR NOT EXISTS (
+WHERE p.prosecdef
+   OR n.nspname NOT IN ('pg_catalog', 'information_schema') AND NOT EXISTS (
     SELECT 1 FROM pg_catalog.pg_depend d
-    WHERE d.classid = 'pg_catalog.pg_operator'::pg_catalog.regclass AND d.objid = o.oid AND d.deptype = 'e'))
+    WHERE d.classid = 'pg_catalog.pg_operator'::pg_catalog.regclass AND d.objid = o.oid AND d.deptype = 'e')
 ORDER BY 1, 2`
 
 	functionsQuery = `

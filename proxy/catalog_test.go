@@ -115,7 +115,7 @@ func TestCatalogOperators(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string][]string{"===": {"public.peek"}, "<~>": {"public.near"}}
+	want := map[string][]string{"public.===": {"public.peek"}, "public.<~>": {"public.near"}}
 	if !reflect.DeepEqual(cat.Operators, want) {
 		t.Fatalf("Operators = %v, want %v", cat.Operators, want)
 	}

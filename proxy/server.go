@@ -87,8 +87,8 @@ func (s *Server) releaseTenant(tenant string) {
 var ErrFastShutdown = errors.New("fast shutdown")
 
 // cancelTimeout bounds the cancel request a session sends upstream when
-// pgmoat ends it mid-statement; a shutdown waits for it, and a second for the
-// sessions' final errors, past the grace.
+// pgmoat ends it mid-statement; a shutdown waits for it, and for the
+// sessions' final errors (a second each, plus slack), past the grace.
 const cancelTimeout = 2 * time.Second
 
 // shutdownGrace is how long sessions may finish their transactions once ctx,
@@ -134,7 +134,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	go func() { s.wg.Wait(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(s.shutdownGrace(ctx) + cancelTimeout + time.Second):
+	case <-time.After(s.shutdownGrace(ctx) + cancelTimeout + 1500*time.Millisecond):
 		s.opts.Logger.Warn("sessions still open after the shutdown deadline")
 	}
 	return nil

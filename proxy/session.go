@@ -274,7 +274,9 @@ func (c *session) refuse(err error) error {
 // client's write would fail before it reads the error. It stops sending and
 // discards what arrives, for a second at most.
 func linger(conn net.Conn) {
-	if cw, ok := conn.(interface{ CloseWrite() error }); ok {
+	// Not TLS: its CloseWrite sends close_notify under a deadline of its
+	// own, which a client that does not read would hold up for seconds.
+	if cw, ok := conn.(*net.TCPConn); ok {
 		cw.CloseWrite()
 	}
 	conn.SetReadDeadline(time.Now().Add(time.Second))
