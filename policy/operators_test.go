@@ -1,6 +1,9 @@
 package policy
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 // Operators PostgreSQL calls without the text naming them (BETWEEN, IN,
 // CASE x WHEN, JOIN USING) are checked as if named: with user comparison
@@ -70,5 +73,25 @@ func TestSearchPathUnchanged(t *testing.T) {
 		if allowed := v == nil; allowed != tc.allowed {
 			t.Errorf("catalog path %q, %s: violation %v, want allowed %v", tc.catalog, tc.set, v, tc.allowed)
 		}
+	}
+}
+
+// An internal table's rows are refused through its partitions and
+// children; declaring only a child internal is reported, since its rows
+// stay readable through its parent.
+func TestInternalFindings(t *testing.T) {
+	r := demoRules()
+	r.Internal = append(r.Internal, "orders_2023", "public.nowhere")
+	e := NewEngine(r, demoCatalog(t), 0)
+	var child, missing bool
+	for _, f := range e.Findings() {
+		child = child || strings.Contains(f, `"public.orders_2023" is a partition or child of "public.orders"`)
+		missing = missing || strings.Contains(f, `declared internal table "public.nowhere" does not exist`)
+	}
+	if !child || !missing {
+		t.Errorf("findings %q: want the internal child and the missing table", e.Findings())
+	}
+	if _, v := e.Check("SELECT * FROM orders_2023", nil); v == nil || v.Reason != ReasonUnprotectedRelation {
+		t.Errorf("internal child: %v, want refused", v)
 	}
 }
