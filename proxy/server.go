@@ -91,6 +91,16 @@ var ErrFastShutdown = errors.New("fast shutdown")
 // sessions' final errors (a second each, plus slack), past the grace.
 const cancelTimeout = 2 * time.Second
 
+// Hurry turns a graceful shutdown under way into a fast one (a second
+// signal after SIGTERM): every session ends now, as with ErrFastShutdown.
+func (s *Server) Hurry() {
+	s.sessionsMu.Lock()
+	defer s.sessionsMu.Unlock()
+	for c := range s.sessions {
+		c.reads.stop(errShutdown)
+	}
+}
+
 // shutdownGrace is how long sessions may finish their transactions once ctx,
 // Serve's context, is done: limits.shutdown_timeout, or zero for a fast
 // shutdown.

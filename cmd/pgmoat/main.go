@@ -103,8 +103,8 @@ finish for up to limits.shutdown_timeout, then closes the rest. On SIGINT (a
 fast shutdown, like PostgreSQL's) it stops accepting and closes every session
 at once: open transactions roll back and running statements are cancelled.
 Either way clients get FATAL 57P01 (admin_shutdown), or 57P03
-(cannot_connect_now) if they were still logging in. A second SIGINT or
-SIGTERM ends the process at once.
+(cannot_connect_now) if they were still logging in. A second signal during a
+graceful shutdown makes it fast; one more ends the process at once.
 
 If the configuration is invalid, run prints every problem, each naming the
 file and the key, and exits with status 1 without starting.
@@ -144,11 +144,11 @@ when the config file itself changes).`,
 			hup := make(chan os.Signal, 1)
 			signal.Notify(hup, syscall.SIGHUP)
 			defer signal.Stop(hup)
-			ctx, stop := shutdownContext(cmd.Context(), logger)
+			ctx, hurry, stop := shutdownContext(cmd.Context(), logger)
 			defer stop()
 
 			logger.Info("pgmoat starting", "version", version, "commit", buildCommit())
-			return runProxy(ctx, cfg, logger, reloadSource{
+			return runProxy(ctx, hurry, cfg, logger, reloadSource{
 				path: path, flags: cmd.Flags(), level: level, hup: hup, pollEvery: configPollInterval,
 			})
 		},
@@ -158,31 +158,43 @@ when the config file itself changes).`,
 }
 
 // shutdownContext returns a context that SIGTERM cancels for a graceful
-// shutdown and SIGINT for a fast one (its cause is proxy.ErrFastShutdown).
-// After the first of them the default handling is restored, so that a second
-// one kills a shutdown that hangs. stop releases the signals.
-func shutdownContext(parent context.Context, logger *slog.Logger) (ctx context.Context, stop func()) {
+// shutdown and SIGINT for a fast one (its cause is proxy.ErrFastShutdown),
+// and a channel closed when a second signal follows SIGTERM: the graceful
+// shutdown under way is to end fast (proxy.Server.Hurry). Once a fast
+// shutdown has been asked for, the default handling is restored, so that
+// one more signal kills a shutdown that hangs. stop releases the signals.
+func shutdownContext(parent context.Context, logger *slog.Logger) (ctx context.Context, hurry <-chan struct{}, stop func()) {
 	ctx, cancel := context.WithCancelCause(parent)
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	hurried := make(chan struct{})
+	quit := make(chan struct{})
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
+		defer signal.Stop(sigs) // from now on a signal kills
+		var sig os.Signal
 		select {
-		case sig := <-sigs:
-			signal.Stop(sigs)
-			fast := sig == os.Interrupt
-			logger.Info("shutting down", "signal", sig.String(), "fast", fast)
-			if fast {
-				cancel(fmt.Errorf("received %v: %w", sig, proxy.ErrFastShutdown))
-			} else {
-				cancel(fmt.Errorf("received %v", sig))
-			}
+		case sig = <-sigs:
 		case <-ctx.Done():
+			return
+		}
+		if sig == os.Interrupt {
+			logger.Info("shutting down", "signal", sig.String(), "fast", true)
+			cancel(fmt.Errorf("received %v: %w", sig, proxy.ErrFastShutdown))
+			return
+		}
+		logger.Info("shutting down", "signal", sig.String(), "fast", false)
+		cancel(fmt.Errorf("received %v", sig))
+		select {
+		case sig = <-sigs:
+			logger.Info("shutting down fast", "signal", sig.String())
+			close(hurried)
+		case <-quit:
 		}
 	}()
-	return ctx, func() {
-		signal.Stop(sigs)
+	return ctx, hurried, func() {
+		close(quit)
 		cancel(nil)
 		<-done
 	}

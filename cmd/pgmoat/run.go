@@ -24,9 +24,10 @@ import (
 	"github.com/pgmoat/pgmoat/proxy"
 )
 
-// runProxy wires pgmoat together and serves until ctx is cancelled. cfg was
-// loaded from src.path; src says how to reload it.
-func runProxy(ctx context.Context, cfg *config.Config, logger *slog.Logger, src reloadSource) error {
+// runProxy wires pgmoat together and serves until ctx is cancelled; once
+// hurry is closed, a graceful shutdown under way ends sessions at once. cfg
+// was loaded from src.path; src says how to reload it.
+func runProxy(ctx context.Context, hurry <-chan struct{}, cfg *config.Config, logger *slog.Logger, src reloadSource) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := proxy.NewMetrics(reg, cfg.Metrics.TenantLabelCap)
@@ -87,6 +88,15 @@ func runProxy(ctx context.Context, cfg *config.Config, logger *slog.Logger, src 
 	})
 	rl := &reloader{src: src, log: logger, metrics: metrics, srv: srv, pol: pol, cur: cfg, auth: auth, audit: audit}
 	go rl.watch(ctx)
+	served := make(chan struct{})
+	defer close(served)
+	go func() {
+		select {
+		case <-hurry:
+			srv.Hurry()
+		case <-served:
+		}
+	}()
 	logger.Info("pgmoat listening", "listen", ln.Addr().String(), "metrics_listen", httpLn.Addr().String(),
 		"database", database, "mode", cfg.Policy.Mode, "tls", tlsConfig != nil, "users", len(cfg.Users), "config", src.path)
 	err = srv.Serve(ctx, ln)

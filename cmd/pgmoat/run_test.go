@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -63,6 +64,20 @@ func TestRunSignals(t *testing.T) {
 			return 1
 		}},
 		{"SIGINT", syscall.SIGINT, func(*testing.T, *runningProxy, *pgx.Conn) int { return 0 }},
+		// A second signal makes the graceful shutdown fast: the open
+		// transaction ends now rather than after shutdown_timeout (1h).
+		{"SIGTERM then SIGINT", syscall.SIGTERM, func(t *testing.T, p *runningProxy, conn *pgx.Conn) int {
+			p.await(t, "the shutdown began", func() error {
+				if !strings.Contains(p.stderr.String(), "shutting down") {
+					return errors.New("no shutdown in the log yet")
+				}
+				return nil
+			})
+			if err := syscall.Kill(os.Getpid(), syscall.SIGINT); err != nil {
+				t.Fatal(err)
+			}
+			return 0
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
