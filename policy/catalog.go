@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
 )
 
 // Catalog is a snapshot of what the database holds, as the policy needs it.
@@ -189,6 +190,11 @@ func ReadCatalogJSON(r io.Reader) (*Catalog, error) {
 	for key, fn := range c.Functions {
 		if fn == nil || fn.Key() != key {
 			return nil, fmt.Errorf("catalog: function key %q does not match its schema and name", key)
+		}
+	}
+	for key := range c.Operators {
+		if i := strings.LastIndexByte(key, '.'); i <= 0 || i == len(key)-1 {
+			return nil, fmt.Errorf("catalog: operator key %q is not schema.operator (a snapshot from an older pgmoat? dump it again)", key)
 		}
 	}
 	if c.Relations == nil {

@@ -134,7 +134,7 @@ func NewEngine(r Rules, cat *Catalog, cacheSize int) *Engine {
 		e.internal[qualify(name)] = true
 	}
 	for key, fns := range cat.Operators {
-		_, op, _ := strings.Cut(key, ".") // operator names have no dots
+		op := key[strings.LastIndexByte(key, '.')+1:] // operator names have no dots; schema names may
 		e.operators[op] = append(e.operators[op], fns...)
 	}
 	for name, writable := range r.Shared {

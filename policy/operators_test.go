@@ -95,3 +95,18 @@ func TestInternalFindings(t *testing.T) {
 		t.Errorf("internal child: %v, want refused", v)
 	}
 }
+
+// Operator keys are schema.op, and a schema name may hold dots; a snapshot
+// whose keys are bare operator names (written before they were qualified)
+// is refused rather than read as having no operators.
+func TestOperatorKeys(t *testing.T) {
+	cat := demoCatalog(t)
+	cat.Operators = map[string][]string{`my.schema.===`: {"public.elevated"}}
+	if _, v := NewEngine(demoRules(), cat, 0).Check("SELECT 1 === 2", nil); v == nil || v.Reason != ReasonFunction {
+		t.Errorf("operator of a dotted schema: %v, want refused", v)
+	}
+	old := `{"search_path": ["pg_catalog", "public"], "relations": {}, "functions": {}, "operators": {"===": ["public.elevated"]}}`
+	if _, err := ReadCatalogJSON(strings.NewReader(old)); err == nil || !strings.Contains(err.Error(), `operator key "==="`) {
+		t.Errorf("snapshot with a bare operator key: %v, want refused", err)
+	}
+}

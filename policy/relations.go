@@ -129,7 +129,7 @@ func (e *Engine) isInternal(key string, rel *Relation, depth int) bool {
 	if e.internal[key] {
 		return true
 	}
-	if rel == nil {
+	if rel == nil || len(rel.Parents) == 0 {
 		return false
 	}
 	if depth >= maxViewDepth {

@@ -51,6 +51,8 @@ type Server struct {
 
 	sessionsMu sync.Mutex
 	sessions   map[*session]struct{} // authenticated sessions, for Reload
+
+	hurried atomic.Bool // Hurry was called: the shutdown is fast
 }
 
 func NewServer(o Options) *Server {
@@ -94,6 +96,7 @@ const cancelTimeout = 2 * time.Second
 // Hurry turns a graceful shutdown under way into a fast one (a second
 // signal after SIGTERM): every session ends now, as with ErrFastShutdown.
 func (s *Server) Hurry() {
+	s.hurried.Store(true) // for sessions that register from now on
 	s.sessionsMu.Lock()
 	defer s.sessionsMu.Unlock()
 	for c := range s.sessions {
@@ -105,7 +108,7 @@ func (s *Server) Hurry() {
 // Serve's context, is done: limits.shutdown_timeout, or zero for a fast
 // shutdown.
 func (s *Server) shutdownGrace(ctx context.Context) time.Duration {
-	if errors.Is(context.Cause(ctx), ErrFastShutdown) {
+	if errors.Is(context.Cause(ctx), ErrFastShutdown) || s.hurried.Load() {
 		return 0
 	}
 	return s.live().cfg.Limits.ShutdownTimeout

@@ -32,8 +32,14 @@ type ServerConn struct {
 	r      io.Reader // pgconn's reader of Conn: see Connect
 }
 
-// Read reads from the server through pgconn's reader (see Connect).
-func (s *ServerConn) Read(b []byte) (int, error) { return s.r.Read(b) }
+// Read reads from the server through pgconn's reader (see Connect), or
+// from Conn if the ServerConn did not come from pgconn.
+func (s *ServerConn) Read(b []byte) (int, error) {
+	if s.r == nil {
+		return s.Conn.Read(b)
+	}
+	return s.r.Read(b)
+}
 
 // cancelTarget is where a CancelRequest for this connection goes.
 type cancelTarget struct {
