@@ -34,17 +34,21 @@ SELECT pol.tenant_table('prefix', 'tenant_id = current_setting(''app.current_ten
 SELECT pol.tenant_table('insert_only', NULL, 'tenant_id = current_setting(''app.current_tenant_id'', true)', 'INSERT');
 `
 
-func TestCatalogTenantPolicy(t *testing.T) {
+// catalogOf creates database db on the shared cluster (dropped after the
+// test), loads schema into it as the superuser, and returns the catalog
+// pgmoat's role sees there.
+func catalogOf(t *testing.T, db, schema string) *policy.Catalog {
+	t.Helper()
 	c := pgtest.Shared(t)
 	ctx := context.Background()
-	if err := c.Exec(ctx, "postgres", "CREATE DATABASE pols"); err != nil {
+	if err := c.Exec(ctx, "postgres", "CREATE DATABASE "+db); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Exec(context.Background(), "postgres", "DROP DATABASE pols WITH (FORCE)") })
-	if err := c.Exec(ctx, "pols", policiesSchema); err != nil {
+	t.Cleanup(func() { c.Exec(context.Background(), "postgres", "DROP DATABASE "+db+" WITH (FORCE)") })
+	if err := c.Exec(ctx, db, schema); err != nil {
 		t.Fatal(err)
 	}
-	conn, err := pgconn.Connect(ctx, c.DSN("pgmoat", "pgmoat_secret", "pols"))
+	conn, err := pgconn.Connect(ctx, c.DSN("pgmoat", "pgmoat_secret", db))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,6 +57,11 @@ func TestCatalogTenantPolicy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return cat
+}
+
+func TestCatalogTenantPolicy(t *testing.T) {
+	cat := catalogOf(t, "pols", policiesSchema)
 	for name, want := range map[string]bool{
 		"good": true, "read_all": false, "write_all": false, "prefix": false,
 		// Reads have no permissive policy, so they see nothing: safe.
@@ -97,24 +106,7 @@ CREATE OPERATOR public.<~> (LEFTARG = int, RIGHTARG = int, FUNCTION = public.nea
 // User operators hide function calls: the catalog lists them, and the
 // policy refuses an operator whose function tenants may not call.
 func TestCatalogOperators(t *testing.T) {
-	c := pgtest.Shared(t)
-	ctx := context.Background()
-	if err := c.Exec(ctx, "postgres", "CREATE DATABASE ops"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Exec(context.Background(), "postgres", "DROP DATABASE ops WITH (FORCE)") })
-	if err := c.Exec(ctx, "ops", operatorsSchema); err != nil {
-		t.Fatal(err)
-	}
-	conn, err := pgconn.Connect(ctx, c.DSN("pgmoat", "pgmoat_secret", "ops"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	cat, err := LoadCatalog(ctx, conn, "app.current_tenant_id")
-	if err != nil {
-		t.Fatal(err)
-	}
+	cat := catalogOf(t, "ops", operatorsSchema)
 	want := map[string][]string{"public.===": {"public.peek"}, "public.<~>": {"public.near"}}
 	if !reflect.DeepEqual(cat.Operators, want) {
 		t.Fatalf("Operators = %v, want %v", cat.Operators, want)
