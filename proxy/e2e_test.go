@@ -595,8 +595,11 @@ func TestMetricsCountBlocks(t *testing.T) {
 	if _, err := conn.Exec(context.Background(), "select * from orders"); err != nil {
 		t.Fatal(err)
 	}
-	conn.Exec(context.Background(), "select * from audit_raw")
-	conn.Exec(context.Background(), "set app.current_tenant_id = 'globex'")
+	for _, sql := range []string{"select * from audit_raw", "set app.current_tenant_id = 'globex'"} {
+		if _, err := conn.Exec(context.Background(), sql); sqlstate(err) != "42501" {
+			t.Fatalf("%s: %v, want 42501", sql, err)
+		}
+	}
 	if got := testutil.ToFloat64(p.metrics.statements.WithLabelValues(DecisionBlocked)); got != 2 {
 		t.Errorf("blocked statements = %v, want 2", got)
 	}
@@ -732,10 +735,10 @@ func TestCancel(t *testing.T) {
 	pid, key := victim.PgConn().PID(), victim.PgConn().SecretKey()
 	done := make(chan error, 1)
 	go func() {
-		_, err := victim.Exec(context.Background(), "select pg_sleep(0.5)")
+		_, err := victim.Exec(context.Background(), "select pg_sleep(3)")
 		done <- err
 	}()
-	time.Sleep(100 * time.Millisecond) // let the query start; a late cancel would prove nothing either way
+	waitForQuery(t, p.cluster, "select pg_sleep(3)") // a cancel before it started would prove nothing
 	for _, forged := range []struct {
 		pid uint32
 		key []byte
@@ -799,13 +802,13 @@ func TestConnectionLimits(t *testing.T) {
 // waitFor polls cond until it holds, for state that settles asynchronously.
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
-	for i := 0; i < 100; i++ {
+	for i := 0; i < 1500; i++ {
 		if cond() {
 			return
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	t.Fatal("condition not reached in 2s")
+	t.Fatal("condition not reached in 30s")
 }
 
 // TestUpstreamParserSettingsForced: a role default of
