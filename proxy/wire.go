@@ -115,14 +115,16 @@ func (mr *msgReader) fill(n int) error {
 		mr.end -= mr.start
 		mr.start = 0
 	}
-	if n > len(mr.buf) {
-		grown := make([]byte, max(n, 2*len(mr.buf)))
-		copy(grown, mr.buf[mr.start:mr.end])
-		mr.end -= mr.start
-		mr.start = 0
-		mr.buf = grown
-	}
 	for mr.end-mr.start < n {
+		if mr.end == len(mr.buf) {
+			// Here start is 0 (see above). Grow as the bytes arrive, at
+			// most doubling, not to the length a header claims: a 5-byte
+			// header must not make pgmoat allocate max_message_size for
+			// a client that sends nothing more (before it logs in, too).
+			grown := make([]byte, min(n, 2*len(mr.buf)))
+			copy(grown, mr.buf[:mr.end])
+			mr.buf = grown
+		}
 		k, err := mr.r.Read(mr.buf[mr.end:])
 		mr.end += k
 		if err != nil {

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"io"
 	"slices"
@@ -150,4 +151,32 @@ func (r *loopReader) Read(p []byte) (int, error) {
 	n := copy(p, r.chunk[r.off:])
 	r.off = (r.off + n) % len(r.chunk)
 	return n, nil
+}
+
+// The buffer grows with the bytes that arrive, not with the length a
+// header claims: a client that announces a 64 MiB message and sends 5
+// bytes of it costs no more than the reader's usual buffer.
+func TestWireGrowsAsBytesArrive(t *testing.T) {
+	header := []byte{'Q', 0x04, 0, 0, 0} // a Query of 64 MiB
+	mr := newMsgReader(&chunkReader{chunks: [][]byte{header}}, 64<<20+5)
+	if _, _, err := mr.Next(); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("Next() = %v, want io.ErrUnexpectedEOF", err)
+	}
+	if len(mr.buf) > 8192 {
+		t.Errorf("buffer grew to %d bytes for a 5-byte header", len(mr.buf))
+	}
+
+	// A whole large message still arrives, in pieces.
+	body := bytes.Repeat([]byte{'x'}, 100_000)
+	msg := append([]byte{'d', 0, 0, 0, 0}, body...)
+	binary.BigEndian.PutUint32(msg[1:], uint32(4+len(body)))
+	var chunks [][]byte
+	for rest := msg; len(rest) > 0; rest = rest[min(len(rest), 7000):] {
+		chunks = append(chunks, rest[:min(len(rest), 7000)])
+	}
+	mr = newMsgReader(&chunkReader{chunks: chunks}, 64<<20+5)
+	typ, got, err := mr.Next()
+	if err != nil || typ != 'd' || !bytes.Equal(got, msg) {
+		t.Fatalf("Next() = %q, %d bytes, %v; want the whole message", typ, len(got), err)
+	}
 }

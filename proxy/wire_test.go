@@ -165,20 +165,20 @@ func TestWireNextPipe(t *testing.T) {
 }
 
 // TestWireShrink checks that shrink releases a buffer grown past 64 KiB
-// only once nothing is buffered, and that no buffered byte is lost.
+// once nothing is buffered, and that no byte is lost.
 func TestWireShrink(t *testing.T) {
 	query := func(n int) []byte {
 		return encode(t, &pgproto3.Query{String: string(bytes.Repeat([]byte("x"), n))})
 	}
-	m1, m2, m3 := query(40_000), query(50_000), encode(t, &pgproto3.Sync{})
+	m1, m2, m3 := query(40_000), query(70_000), encode(t, &pgproto3.Sync{})
 	mr := newMsgReader(bytes.NewReader(slices.Concat(m1, m2, m3)), 1<<20)
 	steps := []struct {
 		want   []byte
 		shrunk bool // len(buf) is back to 8192 after shrink
 	}{
 		{m1, false}, // the buffer grew, but not past 64 KiB
-		{m2, false}, // past 64 KiB, but m3 is buffered
-		{m3, true},
+		{m2, true},  // past 64 KiB, to m2's size: nothing else is buffered
+		{m3, false}, // back to 8 KiB already
 	}
 	for i, st := range steps {
 		_, msg, err := mr.Next()
