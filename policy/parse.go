@@ -181,7 +181,10 @@ func classOf(n *pg_query.Node) Class {
 		}
 	case *pg_query.Node_CallStmt:
 		return NeedsTenant | EndsTxn // a procedure may COMMIT
-	case *pg_query.Node_PrepareStmt:
+	case *pg_query.Node_ExecuteStmt:
+		// The statement may have been prepared by a protocol Parse, which
+		// takes any statement: COMMIT AND CHAIN, CALL, ...
+		return Unknown
 		return NeedsTenant | Prepares
 	case *pg_query.Node_CopyStmt:
 		if copyFromStdin(s.CopyStmt) {

@@ -885,6 +885,33 @@ func TestSQLPrepareReplacesStatement(t *testing.T) {
 	}
 }
 
+// TestExecuteEndsTransaction: SQL EXECUTE can run any statement a Parse
+// prepared, COMMIT AND CHAIN included; what follows it in the new
+// transaction still runs with the tenant.
+func TestExecuteEndsTransaction(t *testing.T) {
+	p := startProxy(t, nil)
+	ctx := context.Background()
+	conn := p.connect(t, "acme_app", "acme_secret", pgx.QueryExecModeSimpleProtocol)
+	pc := conn.PgConn()
+	if _, err := pc.Prepare(ctx, "chain", "commit and chain", nil); err != nil {
+		t.Fatal(err)
+	}
+	// One statement per Query: in one multi-statement Query PostgreSQL 15
+	// itself fails EXECUTE of a COMMIT with a FATAL error.
+	for _, sql := range []string{"begin", currentTenant, "execute chain", currentTenant} {
+		res, err := pc.Exec(ctx, sql).ReadAll()
+		if err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+		if sql == currentTenant && string(res[0].Rows[0][0]) != "acme" {
+			t.Errorf("tenant = %q, want acme", res[0].Rows[0][0])
+		}
+	}
+	if err := pc.Exec(ctx, "commit").Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestSetBeforeBeginIsolation: SET needs no tenant, so a batch of SET and
 // BEGIN ISOLATION LEVEL works as it does directly (an injected statement
 // before BEGIN would take a snapshot and make it fail with 25001).
