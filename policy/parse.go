@@ -185,6 +185,7 @@ func classOf(n *pg_query.Node) Class {
 		// The statement may have been prepared by a protocol Parse, which
 		// takes any statement: COMMIT AND CHAIN, CALL, ...
 		return Unknown
+	case *pg_query.Node_PrepareStmt:
 		return NeedsTenant | Prepares
 	case *pg_query.Node_CopyStmt:
 		if copyFromStdin(s.CopyStmt) {

@@ -37,6 +37,8 @@ func TestStmtsAndClasses(t *testing.T) {
 		{"two-phase", "PREPARE TRANSACTION 'g'; COMMIT PREPARED 'g'", []Stmt{{0, 23, et}, {24, 44, 0}}},
 		{"discard", "DISCARD ALL; DISCARD TEMP", []Stmt{{0, 11, et}, {12, 25, nt}}},
 		{"call", "CALL p()", []Stmt{{0, 8, nt | et}}},
+		// EXECUTE may run what a protocol Parse prepared, COMMIT included.
+		{"prepare and execute", "PREPARE s AS SELECT 1; EXECUTE s", []Stmt{{0, 21, nt | Prepares}, {22, 32, Unknown}}},
 		{"copy in", "COPY t FROM STDIN; COPY t TO STDOUT; COPY t FROM '/x'",
 			[]Stmt{{0, 17, nt | CopyIn}, {18, 35, nt}, {36, 53, nt}}},
 		{"multibyte", "SELECT 'é'; SELECT 2", []Stmt{{0, 11, nt}, {12, 21, nt}}},
