@@ -88,6 +88,10 @@ func (v *Violation) Error() string { return v.Message }
 type Decision struct {
 	Stmts     []Stmt     // every statement, in order; empty for an empty or comment-only text
 	Violation *Violation // the first violation, or nil
+	// Blocking is the first violation that audit mode refuses too (see
+	// Reason.Auditable): Violation itself, a later one, or nil. Audit mode
+	// lets the text run up to it.
+	Blocking *Violation
 
 	// TempNames are unqualified relation names that are not in the catalog.
 	// The text is allowed only if each is a temporary table the session

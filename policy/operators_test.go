@@ -110,3 +110,35 @@ func TestOperatorKeys(t *testing.T) {
 		t.Errorf("snapshot with a bare operator key: %v, want refused", err)
 	}
 }
+
+// Decision.Blocking is the first violation audit mode refuses too, found
+// even behind violations audit mode lets run (an unprotected relation, an
+// unknown name, a write in a read-only session).
+func TestBlockingBehindAuditable(t *testing.T) {
+	e := NewEngine(demoRules(), demoCatalog(t), 0)
+	escape := "set_config('app.current_tenant_id', 'globex', true)"
+	for _, tc := range []struct {
+		sql  string
+		sess Session
+		stmt int // of the blocking violation; -1: none
+	}{
+		{"SELECT count(*) FROM audit_raw; SELECT " + escape + "; SELECT 1", Session{}, 1},
+		{"SELECT * FROM billing.ledger, " + escape, Session{}, 0},
+		{"SELECT * FROM no_such_tbl; SELECT " + escape, Session{}, 1},
+		{"INSERT INTO orders (amount) VALUES (1); SELECT " + escape, Session{ReadOnly: true}, 1},
+		{"SELECT count(*) FROM audit_raw; SELECT 1", Session{}, -1},
+		{"SELECT " + escape + "; SELECT * FROM audit_raw", Session{}, 0},
+	} {
+		d, v := e.Check(tc.sql, &tc.sess)
+		if v == nil {
+			t.Errorf("%s: allowed, want a violation", tc.sql)
+			continue
+		}
+		switch b := d.Blocking; {
+		case tc.stmt < 0 && b != nil:
+			t.Errorf("%s: Blocking %v, want none", tc.sql, b)
+		case tc.stmt >= 0 && (b == nil || b.Stmt != tc.stmt || b.Reason.Auditable()):
+			t.Errorf("%s: Blocking %+v, want a non-auditable violation in statement %d", tc.sql, b, tc.stmt)
+		}
+	}
+}

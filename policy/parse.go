@@ -59,14 +59,17 @@ func (e *Engine) analyzeWith(sql string, x *Explanation) *entry {
 		a.stmt = i
 		a.start, a.end = d.Stmts[i].Start, d.Stmts[i].End
 		a.checkStmt(raw.Stmt, 0)
-		if a.v == nil || x != nil {
+		if a.block == nil || x != nil {
 			a.walk(raw.Stmt)
 		}
+		if a.block != nil && x == nil {
+			break // later statements never run, not even in audit mode
+		}
 		if a.v != nil {
-			if x == nil {
-				break // later statements never run
-			}
-			continue // explaining: list the rest, but it creates nothing
+			// Audit mode may run the rest: look for what it refuses
+			// too (and list it when explaining), but record nothing
+			// as created.
+			continue
 		}
 		for _, name := range a.pending {
 			if !a.created[name] {
@@ -77,7 +80,7 @@ func (e *Engine) analyzeWith(sql string, x *Explanation) *entry {
 		a.pending = a.pending[:0]
 	}
 
-	d.Violation = a.v
+	d.Violation, d.Blocking = a.v, a.block
 	if len(a.qualify) > 0 {
 		// The walk visits fields in protobuf order, not text order.
 		slices.Sort(a.qualify)
@@ -216,6 +219,7 @@ type analysis struct {
 	start, end int          // its byte range in sql
 	frames     []frame      // during walk: the ancestors of the node visited
 	v          *Violation   // first violation for every tenant session
+	block      *Violation   // first violation audit mode refuses too (the walk goes on until it)
 	ro         *Violation   // first violation that only read-only sessions get
 
 	temps []tempRef // names the session must have created, first use each
@@ -231,7 +235,7 @@ type analysis struct {
 // fail records v as the violation of the current statement at pos (a
 // node location, -1 if unknown), unless one was found already.
 func (a *analysis) fail(v *Violation, pos int32) {
-	if a.v != nil {
+	if a.block != nil || a.v != nil && v.Reason.Auditable() {
 		return
 	}
 	v.Stmt = a.stmt
@@ -239,7 +243,12 @@ func (a *analysis) fail(v *Violation, pos int32) {
 	if pos < 0 {
 		v.Pos = -1
 	}
-	a.v = v
+	if a.v == nil {
+		a.v = v
+	}
+	if !v.Reason.Auditable() {
+		a.block = v
+	}
 }
 
 // trace records o, found in the current statement, when explaining.
@@ -798,7 +807,7 @@ func (a *analysis) check(m proto.Message) bool {
 			a.traceRegclass(x)
 		}
 	}
-	return a.v == nil || a.x != nil
+	return a.block == nil || a.x != nil
 }
 
 // frame is one ancestor of a node (Node wrappers left out) and how the path

@@ -434,15 +434,17 @@ func (c *session) check(sql string) (*policy.Decision, *policy.Violation) {
 	d, v := o.Engine().Check(sql, &c.pol)
 	o.Metrics.PolicyDecision(time.Since(start))
 	if v != nil {
-		if v = c.enforce(v, sql); v == nil && len(d.TempQualify) > 0 {
-			// Audit mode runs the text as the client wrote it: a name
-			// that is not a temporary table of the session must reach
-			// whatever the server resolves it to, not fail as pg_temp.x.
+		enforced := c.enforce(d, v, sql)
+		if enforced != v && len(d.TempQualify) > 0 {
+			// Audit mode runs (part of) the text as the client wrote it:
+			// a name that is not a temporary table of the session must
+			// reach whatever the server resolves it to, not fail as
+			// pg_temp.x.
 			plain := *d
 			plain.TempQualify = nil
 			d = &plain
 		}
-		return d, v
+		return d, enforced
 	}
 	o.Metrics.Statement(DecisionAllowed)
 	for _, t := range d.CreatesTemp {
@@ -454,12 +456,20 @@ func (c *session) check(sql string) (*policy.Decision, *policy.Violation) {
 	return d, nil
 }
 
-// enforce counts and audits a violation and returns it, or nil if audit
-// mode lets it run.
-func (c *session) enforce(v *policy.Violation, sql string) *policy.Violation {
+// enforce counts and audits v, the first violation of the text d decides,
+// and returns the violation to enforce: v itself; or in audit mode nil, or
+// the first violation of d that audit mode refuses too (d.Blocking), up to
+// which the text then runs.
+func (c *session) enforce(d *policy.Decision, v *policy.Violation, sql string) *policy.Violation {
 	if c.srv.live().cfg.Policy.Mode == config.ModeAudit && v.Reason.Auditable() {
-		c.record(v, sql, DecisionAudited)
-		return nil
+		b := d.Blocking
+		if b == nil || b.Stmt > v.Stmt {
+			c.record(v, sql, DecisionAudited) // its statement runs
+		}
+		if b == nil {
+			return nil
+		}
+		v = b
 	}
 	c.record(v, sql, DecisionBlocked)
 	return v

@@ -234,3 +234,30 @@ func TestTempQualifyNotInAuditMode(t *testing.T) {
 		}
 	}
 }
+
+// TestAuditModeRefusesLaterEscapes: audit mode lets a statement reaching an
+// unprotected relation run, but a tenant escape later in the same text is
+// refused all the same (and nothing after it runs).
+func TestAuditModeRefusesLaterEscapes(t *testing.T) {
+	p := startProxy(t, func(c *config.Config) { c.Policy.Mode = config.ModeAudit })
+	ctx := context.Background()
+	conn := p.connect(t, "acme_app", "acme_secret", pgx.QueryExecModeSimpleProtocol)
+	pc := conn.PgConn()
+	escape := "select set_config('app.current_tenant_id', 'globex', true)"
+
+	results, err := pc.Exec(ctx, "select count(*) from audit_raw; "+escape+"; select distinct tenant_id from orders").ReadAll()
+	if sqlstate(err) != "42501" {
+		t.Fatalf("audited statement then an escape: %v, want 42501", err)
+	}
+	if len(results) != 1 || len(results[0].Rows) != 1 {
+		t.Errorf("results %d, want only the audited statement's", len(results))
+	}
+	if _, err := pc.Exec(ctx, "select * from audit_raw, "+escape[len("select "):]).ReadAll(); sqlstate(err) != "42501" {
+		t.Errorf("escape in the audited statement: %v, want 42501", err)
+	}
+	// Alone, the audited statement runs.
+	if _, err := pc.Exec(ctx, "select count(*) from audit_raw").ReadAll(); err != nil {
+		t.Errorf("audited statement alone: %v", err)
+	}
+	wantOnly(t, tenantsOf(t, conn, "select tenant_id from orders"), "acme")
+}
