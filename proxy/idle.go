@@ -191,6 +191,9 @@ func (s *adminState) idle() bool {
 // rewrite state) that sent a Sync the server ignored during COPY never looks
 // idle again; shutdown and revocation then end it at their deadline.
 func (c *session) idle() bool {
+	if c.unflushed.Load() {
+		return false
+	}
 	if c.rw != nil {
 		return c.rw.Idle()
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgmoat/pgmoat/config"
+	"github.com/pgmoat/pgmoat/rewrite"
 )
 
 func TestReadStopFirstReasonWins(t *testing.T) {
@@ -235,5 +236,19 @@ func TestAuthTimeoutEndToEnd(t *testing.T) {
 				t.Errorf("SQLSTATE %q, want %s", code, tt.sqlstate)
 			}
 		})
+	}
+}
+
+// A session whose last replies have not reached the client is not idle,
+// even once the server's ReadyForQuery has been seen: shutdown, revocation
+// and the idle timeout must not cut off the end of its results.
+func TestUnflushedIsNotIdle(t *testing.T) {
+	c := &session{rw: rewrite.NewSession(rewrite.Config{Setting: "app.current_tenant_id", Tenant: "acme", Marker: "m"})}
+	if !c.idle() {
+		t.Fatal("a new session is not idle")
+	}
+	c.unflushed.Store(true)
+	if c.idle() {
+		t.Error("idle with replies not yet sent to the client")
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"net"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -50,6 +51,10 @@ type session struct {
 	reads     *readStop
 	idleTimer *idleTimer
 	admin     adminState
+	// unflushed: the server relay holds replies the client has not been
+	// sent yet, so the session is not idle even if its last ReadyForQuery
+	// has been seen (ending it then would cut off the end of its results).
+	unflushed atomic.Bool
 }
 
 // Send and Flush and Next make session an authConn for the authenticator.
@@ -515,6 +520,7 @@ func (c *session) serverToClient() error {
 		if typ == 'Z' { // idleness starts here: before rw or admin records it
 			c.idleTimer.touch()
 		}
+		c.unflushed.Store(true) // before Reply can make the session idle
 		if c.rw == nil {
 			out = append(out, msg...)
 			c.admin.server(msg)
@@ -538,6 +544,9 @@ func (c *session) serverToClient() error {
 				return errClientClosed
 			}
 			c.sr.shrink()
+		}
+		if len(out) == 0 {
+			c.unflushed.Store(false)
 			c.closeIfRevoked()
 		}
 	}
