@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgmoat/pgmoat/config"
 	"github.com/pgmoat/pgmoat/policy"
@@ -327,5 +328,42 @@ func TestAuditLogEndToEnd(t *testing.T) {
 		if c, _ := ls[0]["client"].(string); !strings.HasPrefix(c, "127.0.0.1:") {
 			t.Errorf("%s: client %q, want the client's address", ev, c)
 		}
+	}
+}
+
+// An admin's FunctionCall (a function called by OID) is audited like its
+// statements.
+func TestAuditAdminFunctionCall(t *testing.T) {
+	p := startProxy(t, nil)
+	admin := p.connect(t, "dba", "dba_secret", pgx.QueryExecModeSimpleProtocol)
+	h, err := admin.PgConn().Hijack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Conn.Close()
+	h.Conn.SetDeadline(time.Now().Add(10 * time.Second))
+	const pgBackendPID = 2026 // pg_catalog.pg_backend_pid()
+	h.Frontend.Send(&pgproto3.FunctionCall{Function: pgBackendPID, ResultFormatCode: 0})
+	if err := h.Frontend.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		msg, err := h.Frontend.Receive()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e, ok := msg.(*pgproto3.ErrorResponse); ok {
+			t.Fatalf("FunctionCall: %s %s", e.Code, e.Message)
+		}
+		if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
+			break
+		}
+	}
+	var found bool
+	for _, l := range p.audit.lines(t) {
+		found = found || l["event"] == AuditAdmin && l["statement"] == "SELECT 2026::pg_catalog.regprocedure /* FunctionCall */"
+	}
+	if !found {
+		t.Errorf("no admin audit line for the FunctionCall: %v", p.audit.lines(t))
 	}
 }

@@ -499,6 +499,12 @@ func (c *session) auditAdmin(typ byte, msg []byte) {
 		text, _ = rewrite.QueryText(msg)
 	case 'P':
 		_, text, _ = rewrite.ParseFields(msg)
+	case 'F':
+		// A function called by OID: logged as the SQL that names it.
+		if len(msg) < 9 {
+			return // malformed: the server refuses it
+		}
+		text = fmt.Appendf(nil, "SELECT %d::pg_catalog.regprocedure /* FunctionCall */", binary.BigEndian.Uint32(msg[5:9]))
 	default:
 		return
 	}
