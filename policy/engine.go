@@ -189,8 +189,12 @@ func (e *Engine) Check(sql string, s *Session) (*Decision, *Violation) {
 		e.hits.Add(1)
 	} else {
 		e.misses.Add(1)
-		en = e.analyzeByShape(sql)
-		if e.cache != nil && len(sql) <= maxCachedLen {
+		var scanned bool
+		en, scanned = e.analyzeByShape(sql)
+		// A text answered cheaply by its shape is not kept by text too:
+		// clients that inline their parameters send each text once, and
+		// would push out the texts that are sent again and again.
+		if e.cache != nil && !scanned && len(sql) <= maxCachedLen {
 			e.cache.Add(strings.Clone(sql), en)
 		}
 	}
@@ -198,21 +202,24 @@ func (e *Engine) Check(sql string, s *Session) (*Decision, *Violation) {
 }
 
 // analyzeByShape is analyze, answered from the shape cache when a text of
-// the same shape was allowed without consulting its constants.
-func (e *Engine) analyzeByShape(sql string) *entry {
+// the same shape was allowed without consulting its constants. scanned
+// reports such an answer found by scanShape's key, which costs little more
+// than a lookup by text.
+func (e *Engine) analyzeByShape(sql string) (en *entry, scanned bool) {
 	if e.shapes == nil || len(sql) > maxCachedLen {
-		return e.analyze(sql)
+		return e.analyze(sql), false
 	}
 	key, ok := shapeKey(sql)
 	if !ok {
-		return e.analyze(sql)
+		return e.analyze(sql), false
 	}
 	// sh.tail <= len(sql) holds for every text of the shape; checked anyway
 	// so that End can never precede Start.
 	if sh, ok := e.shapes.Get(key); ok && sh.tail <= len(sql) {
-		return &entry{d: &Decision{Stmts: []Stmt{{Start: 0, End: len(sql) - sh.tail, Class: sh.class}}}, ro: sh.ro, constFree: true}
+		d := &Decision{Stmts: []Stmt{{Start: 0, End: len(sql) - sh.tail, Class: sh.class}}}
+		return &entry{d: d, ro: sh.ro, constFree: true}, key[0] == 0 // scanShape's keys begin with NUL
 	}
-	en := e.analyze(sql)
+	en = e.analyze(sql)
 	if en.shareable(len(sql)) {
 		st := en.d.Stmts[0]
 		sh := shape{class: st.Class, tail: len(sql) - st.End}
@@ -223,7 +230,7 @@ func (e *Engine) analyzeByShape(sql string) *entry {
 		}
 		e.shapes.Add(key, sh)
 	}
-	return en
+	return en, false
 }
 
 // violation finishes the decision for a session. It must not allocate: it

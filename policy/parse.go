@@ -96,15 +96,18 @@ func (e *Engine) analyzeWith(sql string, x *Explanation) *entry {
 	return en
 }
 
-// shapeKey returns sql with its constants replaced by parameter references:
-// texts with the same key differ only in constants. It is much cheaper than
-// a parse (no parse tree crosses from C). ok is false if sql does not
-// normalise.
+// shapeKey returns a key that texts differing only in their constants
+// share: scanShape's, or else sql with its constants replaced by parameter
+// references. It is much cheaper than a parse (no parse tree crosses from
+// C). ok is false if sql does not normalise.
 func shapeKey(sql string) (key string, ok bool) {
 	// A text the full parse refuses must be refused whatever its shape:
 	// invalid UTF-8 in a constant normalises away but fails the parse.
 	if strings.IndexByte(sql, 0) >= 0 || !utf8.ValidString(sql) {
 		return "", false
+	}
+	if key, ok := scanShape(sql); ok {
+		return key, true
 	}
 	key, err := pg_query.Normalize(sql)
 	return key, err == nil

@@ -1,6 +1,11 @@
 package policy
 
-import "testing"
+import (
+	"strings"
+	"testing"
+
+	pg_query "github.com/pganalyze/pg_query_go/v5"
+)
 
 // TestShapeCache: texts that differ only in constants share one analysis
 // when the decision did not look at a constant, and never otherwise.
@@ -81,4 +86,121 @@ func TestShapeCacheReadOnly(t *testing.T) {
 			t.Fatalf("text %d %q for a read-only session: %v, want %s", i, sql, v, ReasonReadOnly)
 		}
 	}
+}
+
+// TestScanShape: scanShape replaces exactly the string and number literals,
+// and gives up on whatever it does not lex exactly as PostgreSQL does.
+func TestScanShape(t *testing.T) {
+	for _, tt := range []struct {
+		sql  string
+		want string // "" means scanShape gives up
+	}{
+		{"SELECT * FROM t WHERE id = 42", "\x00SELECT * FROM t WHERE id = \x02"},
+		{"  select a FROM t WHERE x = 'it''s' AND y = 1.5e-3;", "\x00  select a FROM t WHERE x = \x01 AND y = \x02;"},
+		{"INSERT INTO t (a, b) VALUES (.5, 'a\\b')", "\x00INSERT INTO t (a, b) VALUES (\x02, \x01)"},
+		{"UPDATE t SET a = 1. WHERE b = 'é'", "\x00UPDATE t SET a = \x02 WHERE b = \x01"},
+		{"DELETE FROM t1 WHERE \"co'l\" = 'x'", "\x00DELETE FROM t1 WHERE \"co'l\" = \x01"},
+		{"WITH x AS (SELECT 1) SELECT a$b, 'a'\t'b' FROM x", "\x00WITH x AS (SELECT \x02) SELECT a$b, \x01\t\x01 FROM x"},
+		{"VALUES (1e5), ('')", "\x00VALUES (\x02), (\x01)"},
+		{"SELECT 1::varchar(10)", "\x00SELECT \x02::varchar(\x02)"},
+		{"SELECT 1; SELECT 'a'", "\x00SELECT \x02; SELECT \x01"},
+		{"SET app.current_tenant_id = 'x'", ""},
+		{"COPY t FROM '/tmp/x'", ""},
+		{"DO 'begin end'", ""},
+		{"PREPARE p AS SELECT 1", ""},
+		{"(SELECT 1)", ""},
+		{"SELECT 1 -- comment", ""},
+		{"SELECT 1 /* comment */", ""},
+		{"SELECT 1 --", ""},
+		{"SELECT $1", ""},
+		{"SELECT $$a$$", ""},
+		{"SELECT E'\\''", ""},
+		{"SELECT e'x'", ""},
+		{"SELECT B'101'", ""},
+		{"SELECT X'1F'", ""},
+		{"SELECT N'x'", ""},
+		{"SELECT U&'\\0041'", ""},
+		{"SELECT u&\"x\"", ""},
+		{"SELECT 0x1F", ""},
+		{"SELECT 1_000", ""},
+		{"SELECT 12abc", ""},
+		{"SELECT 1e", ""},
+		{"SELECT 1e+", ""},
+		{"SELECT 1..2", ""},
+		{"SELECT x...5", ""}, // the lexer reads "..", ".5"; a lone "." then ".5" would be wrong
+		{"SELECT 1.5.6", ""},
+		{"SELECT 1'a'", ""},
+		{"SELECT 'a'\n'b'", ""},
+		{"SELECT 'a'  \r\n  'b'", ""},
+		{"SELECT 'unterminated", ""},
+		{"SELECT \"unterminated", ""},
+		{"SELECT \"caf\xc3\xa9\"", ""},
+		{"SELECT café FROM t", ""},
+		{"SELECT 1\x01", ""},
+		{"SELECT \\x", ""},
+		{"", ""},
+	} {
+		got, ok := scanShape(tt.sql)
+		if ok != (tt.want != "") || got != tt.want {
+			t.Errorf("scanShape(%q) = %q, %v; want %q", tt.sql, got, ok, tt.want)
+		}
+	}
+}
+
+// lexedShape is scanShape's key computed from PostgreSQL's own lexer.
+func lexedShape(sql string) (string, bool) {
+	res, err := pg_query.Scan(sql)
+	if err != nil {
+		return "", false
+	}
+	buf, at := []byte{0}, 0
+	for _, tok := range res.Tokens {
+		buf = append(buf, sql[at:tok.Start]...)
+		switch tok.Token {
+		case pg_query.Token_SCONST:
+			buf = append(buf, shapeString)
+		case pg_query.Token_ICONST, pg_query.Token_FCONST:
+			buf = append(buf, shapeNumber)
+		default:
+			buf = append(buf, sql[tok.Start:tok.End]...)
+		}
+		at = int(tok.End)
+	}
+	return string(append(buf, sql[at:]...)), true
+}
+
+// FuzzScanShape: where scanShape gives a key, PostgreSQL's lexer finds
+// the same literals at the same places, so texts with one key differ only
+// in their literals' values. go test runs the seeds; go test -fuzz
+// FuzzScanShape explores.
+func FuzzScanShape(f *testing.F) {
+	for _, c := range loadCorpus(f) {
+		f.Add(c.sql)
+	}
+	for _, s := range fuzzSeeds {
+		f.Add(s)
+	}
+	for _, s := range []string{"SELECT 1.e5, .5e-1, 5., 'a''b' FROM t", "select\t1\v,\f'x'", "SELECT t.5", "SELECT \"\"", "SELECT 'a''", "SELECT 1 'a'", "SELECT a.b.c", "SELECT ...0"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, sql string) {
+		key, ok := scanShape(sql)
+		if !ok {
+			return
+		}
+		if strings.IndexByte(key[1:], 0) >= 0 {
+			t.Fatalf("scanShape(%q) = %q: a NUL after the prefix", sql, key)
+		}
+		lexed, lexes := lexedShape(sql)
+		if !lexes {
+			// The lexer refuses it: so must it refuse every text of the
+			// key, which scanShape copied verbatim but for literals,
+			// whose values the lexer does not judge (but for encoding,
+			// which shapeKey checks first).
+			return
+		}
+		if key != lexed {
+			t.Fatalf("scanShape(%q) = %q; PostgreSQL's lexer gives %q", sql, key, lexed)
+		}
+	})
 }
