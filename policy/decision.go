@@ -24,11 +24,14 @@ const (
 	// the namespace the protocol's Parse uses, behind the rewriter's back:
 	// the classes it recorded by statement name are no longer reliable.
 	Prepares
+	// DropsPrepared: DEALLOCATE ALL, DISCARD ALL, which drop every prepared
+	// statement of the session, pgmoat's own included.
+	DropsPrepared
 )
 
 // Unknown is the class of a statement pgmoat has not seen (a prepared
-// statement name it does not know): assume the worst of both.
-const Unknown = NeedsTenant | EndsTxn
+// statement name it does not know): assume the worst.
+const Unknown = NeedsTenant | EndsTxn | DropsPrepared
 
 // Stmt is one statement of a query text as the parser split it.
 type Stmt struct {

@@ -183,7 +183,11 @@ func classOf(n *pg_query.Node) Class {
 		return 0
 	case *pg_query.Node_DiscardStmt:
 		if s.DiscardStmt.Target == pg_query.DiscardMode_DISCARD_ALL {
-			return EndsTxn
+			return EndsTxn | DropsPrepared
+		}
+	case *pg_query.Node_DeallocateStmt:
+		if s.DeallocateStmt.Name == "" { // DEALLOCATE ALL
+			return NeedsTenant | DropsPrepared
 		}
 	case *pg_query.Node_CallStmt:
 		return NeedsTenant | EndsTxn // a procedure may COMMIT

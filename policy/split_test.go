@@ -35,7 +35,7 @@ func TestStmtsAndClasses(t *testing.T) {
 		{"set show reset", "SET statement_timeout = 5; SHOW TimeZone; RESET statement_timeout; SELECT 1",
 			[]Stmt{{0, 25, 0}, {26, 40, 0}, {41, 65, 0}, {66, 75, nt}}},
 		{"two-phase", "PREPARE TRANSACTION 'g'; COMMIT PREPARED 'g'", []Stmt{{0, 23, et}, {24, 44, 0}}},
-		{"discard", "DISCARD ALL; DISCARD TEMP", []Stmt{{0, 11, et}, {12, 25, nt}}},
+		{"discard", "DISCARD ALL; DISCARD TEMP", []Stmt{{0, 11, et | DropsPrepared}, {12, 25, nt}}},
 		{"call", "CALL p()", []Stmt{{0, 8, nt | et}}},
 		// EXECUTE may run what a protocol Parse prepared, COMMIT included.
 		{"prepare and execute", "PREPARE s AS SELECT 1; EXECUTE s", []Stmt{{0, 21, nt | Prepares}, {22, 32, Unknown}}},

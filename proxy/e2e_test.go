@@ -973,3 +973,49 @@ func TestNegotiateProtocolVersion(t *testing.T) {
 		t.Fatalf("then %#v, want AuthenticationSASL", msg)
 	}
 }
+
+// TestDeallocateAllKeepsTenant: pgmoat keeps its set_config statement
+// prepared between transactions; DEALLOCATE ALL and DISCARD ALL drop it,
+// sent alone or in a pipeline, and the next statement still runs with the
+// tenant.
+func TestDeallocateAllKeepsTenant(t *testing.T) {
+	p := startProxy(t, nil)
+	ctx := context.Background()
+	conn := p.connect(t, "acme_app", "acme_secret", pgx.QueryExecModeSimpleProtocol)
+	pc := conn.PgConn()
+	tenant := func(step string) {
+		t.Helper()
+		res := pc.ExecParams(ctx, currentTenant, nil, nil, nil, nil).Read()
+		if res.Err != nil || len(res.Rows) != 1 || string(res.Rows[0][0]) != "acme" {
+			t.Fatalf("%s: rows %q, err %v; want acme", step, res.Rows, res.Err)
+		}
+	}
+	tenant("first")
+	tenant("with pgmoat's statement prepared")
+	for _, drop := range []string{"deallocate all", "discard all"} {
+		if err := pc.Exec(ctx, drop).Close(); err != nil {
+			t.Fatalf("%s: %v", drop, err)
+		}
+		tenant("after " + drop)
+		tenant("after " + drop + ", prepared again")
+		if drop == "discard all" {
+			continue // PostgreSQL refuses it in a pipeline (25001)
+		}
+
+		// The same in one pipeline, with the extended protocol.
+		b := &pgconn.Batch{}
+		b.ExecParams(currentTenant, nil, nil, nil, nil)
+		b.ExecParams(drop, nil, nil, nil, nil)
+		b.ExecParams(currentTenant, nil, nil, nil, nil)
+		results, err := pc.ExecBatch(ctx, b).ReadAll()
+		if err != nil {
+			t.Fatalf("pipeline with %s: %v", drop, err)
+		}
+		for _, i := range []int{0, 2} {
+			if r := results[i]; len(r.Rows) != 1 || string(r.Rows[0][0]) != "acme" {
+				t.Fatalf("pipeline with %s, statement %d: rows %q; want acme", drop, i, r.Rows)
+			}
+		}
+		tenant("after a pipeline with " + drop)
+	}
+}

@@ -33,8 +33,10 @@ func (r *round) run(s *Session, up, down []byte) ([]byte, []byte, error) {
 
 // benchRound checks one round of r on s, then measures it. The server ends
 // each round idle, so every round needs the tenant again: the common
-// autocommit path.
+// autocommit path, in its steady state, where pgmoat's set_config statement
+// is prepared.
 func benchRound(b *testing.B, s *Session, r *round) {
+	s.prepared = true
 	up, down, err := r.run(s, nil, nil)
 	if err != nil {
 		b.Fatal(err)
@@ -64,11 +66,9 @@ func BenchmarkSession(b *testing.B) {
 		{Name: []byte("amount"), DataTypeOID: 1700, DataTypeSize: -1, TypeModifier: -1},
 		{Name: []byte("status"), DataTypeOID: 25, DataTypeSize: -1, TypeModifier: -1},
 	}}
-	// Replies to pgmoat's injected Close/Parse/Bind/Execute/Close/Close.
+	// Replies to pgmoat's injected Bind/Execute/Close.
 	injected := []interface{ Encode([]byte) ([]byte, error) }{
-		&pgproto3.CloseComplete{}, &pgproto3.ParseComplete{}, &pgproto3.BindComplete{},
-		&pgproto3.DataRow{Values: [][]byte{[]byte("acme")}}, cc("SELECT 1"),
-		&pgproto3.CloseComplete{}, &pgproto3.CloseComplete{},
+		&pgproto3.BindComplete{}, &pgproto3.DataRow{Values: [][]byte{[]byte("acme")}}, cc("SELECT 1"), &pgproto3.CloseComplete{},
 	}
 
 	b.Run("simple_query", func(b *testing.B) {
@@ -96,7 +96,7 @@ func BenchmarkSession(b *testing.B) {
 				return sendAll(s, dst, rest)
 			},
 			replies:  frames(b, enc(b, append(replies, row, cc("SELECT 1"), rfq('I'))...)),
-			upstream: "PB" + "CPBECC" + "ES",
+			upstream: "PB" + "BEC" + "ES",
 			client:   "12DCZ",
 		})
 	})
@@ -120,7 +120,7 @@ func BenchmarkSession(b *testing.B) {
 				return sendAll(s, dst, msgs)
 			},
 			replies:  frames(b, enc(b, append(replies, row, cc("SELECT 1"), rfq('I'))...)),
-			upstream: "BD" + "CPBECC" + "ES",
+			upstream: "BD" + "BEC" + "ES",
 			client:   "2TDCZ",
 		})
 	})

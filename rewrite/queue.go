@@ -24,6 +24,7 @@ type entry struct {
 	target   byte     // Describe/Close: 'S' or 'P'
 	name     string   // Close: the name to forget once the server confirms
 	inCopy   bool     // Sync sent while the client may be in COPY: ignored by a server in COPY
+	gen      uint32   // injected Parse: the Session.prepGen it was sent in
 
 	// Query: ordinals (in the rewritten text) of the injected SET LOCALs,
 	// how many statements have completed, and the position shifts.

@@ -51,6 +51,9 @@ func (s *Session) Reply(dst, msg []byte) ([]byte, error) {
 	switch e.kind {
 	case kParse:
 		done = typ == '1'
+		if done && e.injected && e.gen == s.prepGen {
+			s.prepared = true
+		}
 	case kBind:
 		done = typ == '2'
 	case kDescribe:
@@ -137,6 +140,9 @@ func (s *Session) queryReply(dst, msg []byte, e *entry) ([]byte, error) {
 // extendedError handles an ErrorResponse to an extended-protocol message:
 // the server now skips everything up to the next Sync, which answers alone.
 func (s *Session) extendedError(dst, msg []byte, e *entry) ([]byte, error) {
+	if e.injected {
+		s.unprepare() // perhaps the statement was gone: parse it again
+	}
 	dst, err := s.clientError(dst, msg, e)
 	if err != nil {
 		return dst, err

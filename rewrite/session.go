@@ -14,9 +14,10 @@
 //   - Simple protocol: "SET LOCAL <setting> = '<tenant>'; " is spliced into the
 //     client's own query text, before that statement. The server's extra
 //     CommandComplete("SET") is swallowed and error positions are shifted back.
-//   - Extended protocol: Parse/Bind/Execute/Close of a named set_config(...)
-//     statement go just before the client's Execute; their replies are
-//     swallowed. The client's unnamed statement and portal stay untouched.
+//   - Extended protocol: Bind/Execute/Close of pgmoat's named set_config(...)
+//     statement go just before the client's Execute (with its Parse first
+//     while the server has not confirmed it); their replies are swallowed.
+//     The client's unnamed statement and portal stay untouched.
 //   - A refused statement is replaced by a statement that fails on the server
 //     with a per-session marker, so that the server aborts exactly as if the
 //     client's statement had failed; the marker error is replaced by the
@@ -65,9 +66,22 @@ type Session struct {
 	mu  sync.Mutex
 	cfg Config
 
-	setLocal   string // "SET LOCAL <setting> = '<tenant>'; "
-	injectMsgs []byte // pre-encoded extended-protocol injection
-	failSQL    string // a statement that fails at parse analysis with the marker
+	setLocal string // "SET LOCAL <setting> = '<tenant>'; "
+	// Pre-encoded extended-protocol injections: Bind, Execute and Close of
+	// the portal of pgmoat's set_config statement, after (in injectParse)
+	// Close and Parse of the statement.
+	injectParse, injectBind []byte
+	failSQL                 string // a statement that fails at parse analysis with the marker
+
+	// prepared: pgmoat's set_config statement exists on the server, so an
+	// injection need not parse it again (server CPU on every transaction).
+	// It is set when the server confirms a Parse of generation prepGen, and
+	// cleared, with prepGen bumped, when the client sends what may drop it
+	// (DEALLOCATE ALL, DISCARD ALL) or an injected message fails. A function
+	// that deallocates behind pgmoat's back makes the next injection fail,
+	// and with it the client's batch; the one after parses again.
+	prepared bool
+	prepGen  uint32
 
 	tenant tenantState
 	status byte // transaction status of the last ReadyForQuery
@@ -110,20 +124,21 @@ func NewSession(cfg Config) *Session {
 		portals:      map[string]policy.Class{},
 		batchPortals: map[string]policy.Class{},
 	}
-	// Parse and Close every time rather than keeping the statement prepared:
-	// nothing then depends on what the client did to the server's prepared
-	// statements (DEALLOCATE ALL, DISCARD ALL), and it costs ~1 µs. The
-	// leading Close (of a statement that normally does not exist, which is
-	// not an error) clears one left behind when an error or a cancel struck
-	// between an earlier injection's Parse and its Close.
+	// The leading Close (of a statement that normally does not exist, which
+	// is not an error) clears one whose Parse the server has not confirmed
+	// yet, or at all when an error struck after it.
 	b := encodeClose(nil, 'S', injectName)
 	b = encodeParse(b, injectName, "SELECT pg_catalog.set_config('"+cfg.Setting+"', $1, true)", 25)
-	b = encodeBind(b, injectName, injectName, cfg.Tenant)
-	b = encodeExecute(b, injectName)
-	b = encodeClose(b, 'P', injectName)
-	s.injectMsgs = encodeClose(b, 'S', injectName)
+	s.injectBind = encodeClose(encodeExecute(encodeBind(nil, injectName, injectName, cfg.Tenant), injectName), 'P', injectName)
+	s.injectParse = append(b, s.injectBind...)
 	return s
 }
+
+// The replies an injection expects.
+var (
+	injectParseKinds = [...]entryKind{kClose, kParse, kBind, kExecute, kClose}
+	injectBindKinds  = [...]entryKind{kBind, kExecute, kClose}
+)
 
 // Status is the transaction status of the server's last ReadyForQuery.
 func (s *Session) Status() byte {
@@ -187,6 +202,9 @@ func (s *Session) track(c policy.Class) {
 	}
 	if c&policy.CopyIn != 0 {
 		s.copyIn = true
+	}
+	if c&policy.DropsPrepared != 0 {
+		s.unprepare()
 	}
 	if c&policy.Prepares != 0 && !s.sqlPrepared {
 		s.sqlPrepared = true
@@ -403,12 +421,7 @@ func (s *Session) Message(dst, msg []byte) ([]byte, error) {
 			c = policy.Unknown
 		}
 		if c&policy.NeedsTenant != 0 && s.tenant != tenantSet {
-			dst = append(dst, s.injectMsgs...)
-			for _, k := range [...]entryKind{kClose, kParse, kBind, kExecute, kClose, kClose} {
-				s.push(entry{kind: k, injected: true})
-			}
-			s.tenant = tenantSet
-			s.injected()
+			dst = s.inject(dst)
 		}
 		s.track(c)
 		s.push(entry{kind: kExecute})
@@ -434,6 +447,30 @@ func (s *Session) Message(dst, msg []byte) ([]byte, error) {
 		return dst, fmt.Errorf("%w: unexpected message type %q", errMalformed, msg[0])
 	}
 	return append(dst, msg...), nil
+}
+
+// inject appends the extended-protocol injection of the tenant.
+func (s *Session) inject(dst []byte) []byte {
+	if s.prepared {
+		dst = append(dst, s.injectBind...)
+		for _, k := range injectBindKinds {
+			s.push(entry{kind: k, injected: true})
+		}
+	} else {
+		dst = append(dst, s.injectParse...)
+		for _, k := range injectParseKinds {
+			s.push(entry{kind: k, injected: true, gen: s.prepGen})
+		}
+	}
+	s.tenant = tenantSet
+	s.injected()
+	return dst
+}
+
+// unprepare records that pgmoat's statement may no longer exist.
+func (s *Session) unprepare() {
+	s.prepared = false
+	s.prepGen++
 }
 
 // refuse sends the failing statement in place of an extended-protocol

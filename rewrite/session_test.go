@@ -39,7 +39,7 @@ func frames(t testing.TB, b []byte) [][]byte {
 	return out
 }
 
-// types is the message types of a stream, e.g. "CPBECC".
+// types is the message types of a stream, e.g. "CPBEC".
 func types(t testing.TB, b []byte) string {
 	var sb strings.Builder
 	for _, f := range frames(t, b) {
@@ -267,12 +267,12 @@ func TestExtendedInjection(t *testing.T) {
 	s := newSession()
 	got := extended(t, s, parse{"", "SELECT 1", needs, nil}, &pgproto3.Bind{}, &pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{})
 	// Parse Bind Describe [Close Parse Bind Execute Close Close] Execute Sync
-	if got != "PBDCPBECCES" {
+	if got != "PBDCPBECES" {
 		t.Fatalf("sent %q", got)
 	}
 	out := reply(t, s,
 		&pgproto3.ParseComplete{}, &pgproto3.BindComplete{}, &pgproto3.RowDescription{},
-		&pgproto3.CloseComplete{}, &pgproto3.ParseComplete{}, &pgproto3.BindComplete{}, &pgproto3.DataRow{}, cc("SELECT 1"), &pgproto3.CloseComplete{}, &pgproto3.CloseComplete{},
+		&pgproto3.CloseComplete{}, &pgproto3.ParseComplete{}, &pgproto3.BindComplete{}, &pgproto3.DataRow{}, cc("SELECT 1"), &pgproto3.CloseComplete{},
 		&pgproto3.DataRow{}, cc("SELECT 1"), rfq('I'))
 	if tt := types(t, out); tt != "12TDCZ" {
 		t.Fatalf("client saw %q, want 12TDCZ", tt)
@@ -287,7 +287,7 @@ func TestExtendedBeginNotPreceded(t *testing.T) {
 		parse{"", "COMMIT", ends, nil}, &pgproto3.Bind{}, &pgproto3.Execute{},
 		parse{"", "SELECT 2", needs, nil}, &pgproto3.Bind{}, &pgproto3.Execute{},
 		&pgproto3.Sync{})
-	want := "PBE" + "PB" + "CPBECC" + "E" + "PBE" + "PB" + "CPBECC" + "E" + "S"
+	want := "PBE" + "PB" + "CPBEC" + "E" + "PBE" + "PB" + "CPBEC" + "E" + "S"
 	if got != want {
 		t.Fatalf("sent %q\nwant %q", got, want)
 	}
@@ -306,7 +306,7 @@ func TestNamedStatementClassesMerge(t *testing.T) {
 		&pgproto3.Bind{PreparedStatement: "unknown_stmt"}, &pgproto3.Execute{},
 		&pgproto3.Bind{PreparedStatement: "unknown_stmt"}, &pgproto3.Execute{},
 		&pgproto3.Sync{})
-	want := "PB" + "CPBECC" + "E" + "BE" + "B" + "CPBECC" + "E" + "B" + "CPBECC" + "E" + "S"
+	want := "PB" + "CPBEC" + "E" + "BE" + "B" + "CPBEC" + "E" + "B" + "CPBEC" + "E" + "S"
 	if got != want {
 		t.Fatalf("sent %q\nwant %q", got, want)
 	}
@@ -333,12 +333,12 @@ func TestExtendedBlockDropsRestOfBatch(t *testing.T) {
 		parse{"", "SELECT * FROM audit_raw", needs, v}, &pgproto3.Bind{}, &pgproto3.Execute{},
 		&pgproto3.Query{String: "SELECT 1"}, &pgproto3.Sync{})
 	// The refused Parse is replaced; what follows it up to Sync is dropped.
-	if want := "PB" + "CPBECC" + "E" + "P" + "S"; got != want {
+	if want := "PB" + "CPBEC" + "E" + "P" + "S"; got != want {
 		t.Fatalf("sent %q, want %q", got, want)
 	}
 	out := reply(t, s,
 		&pgproto3.ParseComplete{}, &pgproto3.BindComplete{},
-		&pgproto3.CloseComplete{}, &pgproto3.ParseComplete{}, &pgproto3.BindComplete{}, &pgproto3.DataRow{}, cc("SELECT 1"), &pgproto3.CloseComplete{}, &pgproto3.CloseComplete{},
+		&pgproto3.CloseComplete{}, &pgproto3.ParseComplete{}, &pgproto3.BindComplete{}, &pgproto3.DataRow{}, cc("SELECT 1"), &pgproto3.CloseComplete{},
 		cc("INSERT 0 1"),
 		&pgproto3.ErrorResponse{Severity: "ERROR", Code: "22P02", Message: `invalid input syntax for type integer: "pgmoat:m4rk"`},
 		rfq('I'))
@@ -408,7 +408,7 @@ func TestExtendedCopySyncIgnoredDuringCopy(t *testing.T) {
 		}
 	}
 	got := reply(t, s, &pgproto3.ParseComplete{}, &pgproto3.BindComplete{},
-		&pgproto3.CloseComplete{}, &pgproto3.ParseComplete{}, &pgproto3.BindComplete{}, &pgproto3.DataRow{}, cc("SELECT 1"), &pgproto3.CloseComplete{}, &pgproto3.CloseComplete{},
+		&pgproto3.CloseComplete{}, &pgproto3.ParseComplete{}, &pgproto3.BindComplete{}, &pgproto3.DataRow{}, cc("SELECT 1"), &pgproto3.CloseComplete{},
 		&pgproto3.CopyInResponse{}, cc("COPY 1"), rfq('I'))
 	if tt := types(t, got); tt != "12GCZ" {
 		t.Fatalf("client saw %q", tt)
@@ -442,7 +442,7 @@ func TestErrorAtSync(t *testing.T) {
 	s := newSession()
 	extended(t, s, parse{"", "INSERT INTO t VALUES (1)", needs, nil}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
 	out := reply(t, s, &pgproto3.ParseComplete{}, &pgproto3.BindComplete{},
-		&pgproto3.CloseComplete{}, &pgproto3.ParseComplete{}, &pgproto3.BindComplete{}, &pgproto3.DataRow{}, cc("SELECT 1"), &pgproto3.CloseComplete{}, &pgproto3.CloseComplete{},
+		&pgproto3.CloseComplete{}, &pgproto3.ParseComplete{}, &pgproto3.BindComplete{}, &pgproto3.DataRow{}, cc("SELECT 1"), &pgproto3.CloseComplete{},
 		cc("INSERT 0 1"),
 		&pgproto3.ErrorResponse{Severity: "ERROR", Code: "23505", Message: "duplicate key value"}, rfq('I'))
 	if got := types(t, out); got != "12CEZ" {
@@ -451,8 +451,9 @@ func TestErrorAtSync(t *testing.T) {
 	if !s.Idle() {
 		t.Fatalf("%d replies still expected", s.q.len())
 	}
-	// The next batch is tracked normally.
-	if got := extended(t, s, parse{"", "SELECT 1", needs, nil}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}); got != "PB"+"CPBECC"+"ES" {
+	// The next batch is tracked normally (and pgmoat's statement, whose
+	// Parse the server confirmed, is not parsed again).
+	if got := extended(t, s, parse{"", "SELECT 1", needs, nil}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}); got != "PB"+"BEC"+"ES" {
 		t.Fatalf("sent %q", got)
 	}
 }
@@ -468,4 +469,83 @@ func TestReservedParseName(t *testing.T) {
 	if err := er.Decode(frames(t, out)[0][5:]); err != nil || er.Code != "42501" {
 		t.Fatalf("error %+v %v", er, err)
 	}
+}
+
+// TestInjectionStatementKept: pgmoat's set_config statement is parsed once
+// the server has confirmed it, and parsed again when it may be gone.
+func TestInjectionStatementKept(t *testing.T) {
+	sel := func(s *Session) string {
+		return extended(t, s, parse{"", "SELECT 1", needs, nil}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
+	}
+	parsed := []interface{ Encode([]byte) ([]byte, error) }{&pgproto3.ParseComplete{}, &pgproto3.BindComplete{},
+		&pgproto3.CloseComplete{}, &pgproto3.ParseComplete{}, &pgproto3.BindComplete{}, &pgproto3.DataRow{}, cc("SELECT 1"), &pgproto3.CloseComplete{},
+		&pgproto3.DataRow{}, cc("SELECT 1"), rfq('I')}
+	bound := []interface{ Encode([]byte) ([]byte, error) }{&pgproto3.ParseComplete{}, &pgproto3.BindComplete{},
+		&pgproto3.BindComplete{}, &pgproto3.DataRow{}, cc("SELECT 1"), &pgproto3.CloseComplete{},
+		&pgproto3.DataRow{}, cc("SELECT 1"), rfq('I')}
+	const withParse, withoutParse = "PB" + "CPBEC" + "ES", "PB" + "BEC" + "ES"
+
+	t.Run("kept once confirmed", func(t *testing.T) {
+		s := newSession()
+		if got := sel(s); got != withParse {
+			t.Fatalf("first batch sent %q, want %q", got, withParse)
+		}
+		// Sent before the server confirmed the Parse: parsed again.
+		if got := sel(s); got != withParse {
+			t.Fatalf("second batch sent %q, want %q", got, withParse)
+		}
+		reply(t, s, parsed...)
+		reply(t, s, parsed...)
+		for i := range 2 {
+			if got := sel(s); got != withoutParse {
+				t.Fatalf("batch %d after confirmation sent %q, want %q", i, got, withoutParse)
+			}
+			if out := types(t, reply(t, s, bound...)); out != "12DCZ" {
+				t.Fatalf("client saw %q", out)
+			}
+		}
+	})
+	for _, drop := range []struct {
+		name  string
+		class policy.Class
+	}{{"DISCARD ALL", ends | policy.DropsPrepared}, {"DEALLOCATE ALL", needs | policy.DropsPrepared}, {"EXECUTE unknown", policy.Unknown}} {
+		t.Run("parsed again after "+drop.name, func(t *testing.T) {
+			s := newSession()
+			sel(s)
+			reply(t, s, parsed...)
+			if got := sendQuery(t, s, drop.name, decide(drop.name, drop.name, drop.class), nil); !strings.HasSuffix(got, drop.name) {
+				t.Fatalf("sent %q", got)
+			}
+			if got := sel(s); got != withParse {
+				t.Fatalf("batch after %s sent %q, want %q", drop.name, got, withParse)
+			}
+		})
+	}
+	t.Run("a confirmation sent before a drop does not count", func(t *testing.T) {
+		s := newSession()
+		sel(s) // Parse of pgmoat's statement in flight
+		sendQuery(t, s, "DISCARD ALL", decide("DISCARD ALL", "DISCARD ALL", ends|policy.DropsPrepared), nil)
+		reply(t, s, parsed...) // confirms a statement DISCARD ALL then drops
+		reply(t, s, cc("DISCARD ALL"), rfq('I'))
+		if got := sel(s); got != withParse {
+			t.Fatalf("sent %q, want %q", got, withParse)
+		}
+	})
+	t.Run("parsed again after an injected message fails", func(t *testing.T) {
+		s := newSession()
+		sel(s)
+		reply(t, s, parsed...)
+		if got := sel(s); got != withoutParse {
+			t.Fatalf("sent %q, want %q", got, withoutParse)
+		}
+		// The statement was dropped behind pgmoat's back: its Bind fails.
+		out := reply(t, s, &pgproto3.ParseComplete{}, &pgproto3.BindComplete{},
+			&pgproto3.ErrorResponse{Severity: "ERROR", Code: "26000", Message: `prepared statement "pgmoat_tenant" does not exist`}, rfq('I'))
+		if got := types(t, out); got != "12EZ" {
+			t.Fatalf("client saw %q, want the error", got)
+		}
+		if got := sel(s); got != withParse {
+			t.Fatalf("sent %q, want %q", got, withParse)
+		}
+	})
 }
