@@ -274,7 +274,6 @@ type auditor struct {
 	tenantRel map[string]bool // tables holding tenant rows (for views)
 	out       []Finding
 
-	columnRE  *regexp.Regexp // the tenant column as a whole word, maybe quoted
 	checkRE   *regexp.Regexp // "column <> ''" in a normalised CHECK definition
 	settingRE *regexp.Regexp // a current_setting call on the tenant setting, maybe inside NULLIF
 }
@@ -298,7 +297,6 @@ func newAuditor(snap *AuditSnapshot, opts AuditOptions) *auditor {
 	}
 	col := regexp.QuoteMeta(strings.ToLower(a.column))
 	word := `("` + col + `"|` + col + `)`
-	a.columnRE = regexp.MustCompile(`(^|[^a-z0-9_$"])` + word + `($|[^a-z0-9_$"])`)
 	a.checkRE = regexp.MustCompile(`(^|[^a-z0-9_$"])` + word + ` (<>|!=) ''|'' (<>|!=) ` + word + `($|[^a-z0-9_$"])`)
 	a.settingRE = regexp.MustCompile(`(?i)(nullif\(\s*)?current_setting\(\s*'` + regexp.QuoteMeta(a.setting) +
 		`'(::text)?\s*(,\s*(true|false)\s*)?\)`)
@@ -451,10 +449,11 @@ func (a *auditor) hasNonEmptyCheck(c *AuditColumn) bool {
 	return false
 }
 
-// exprKeyed: the expression compares the tenant column with the setting.
+// exprKeyed: the expression admits only rows whose tenant column equals
+// the setting (TenantKey).
 func (a *auditor) exprKeyed(expr string) bool {
-	e := strings.ToLower(expr)
-	return strings.Contains(e, "'"+a.setting+"'") && a.columnRE.MatchString(e)
+	col, ok := TenantKey(expr, a.setting)
+	return ok && col == a.column
 }
 
 // policyKeyed: the policy has an expression and each of them is keyed.

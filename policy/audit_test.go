@@ -203,6 +203,10 @@ func TestAudit(t *testing.T) {
 					AuditPolicy{Name: "insert_any", Permissive: true, Command: '*', AppliesToRole: true, Using: keyedExpr, WithCheck: "true"},
 					AuditPolicy{Name: "other_column", Permissive: true, Command: 'r', AppliesToRole: true,
 						Using: "(other_tenant_id = NULLIF(current_setting('app.current_tenant_id'::text, true), ''::text))"},
+					// Naming the column and the setting is not enough.
+					AuditPolicy{Name: "or_true", Permissive: true, Command: 'r', AppliesToRole: true, Using: "(" + keyedExpr + " OR true)"},
+					AuditPolicy{Name: "not_equal", Permissive: true, Command: 'r', AppliesToRole: true,
+						Using: "(tenant_id <> NULLIF(current_setting('app.current_tenant_id'::text, true), ''::text))"},
 					// Does not apply to the application role: not reported.
 					AuditPolicy{Name: "admins", Permissive: true, Command: '*', AppliesToRole: false, Using: "true"},
 				)
@@ -211,8 +215,10 @@ func TestAudit(t *testing.T) {
 				"error policy_not_keyed public.orders",
 				"error policy_not_keyed public.orders",
 				"error policy_not_keyed public.orders",
+				"error policy_not_keyed public.orders",
+				"error policy_not_keyed public.orders",
 			},
-			fixes: map[int][]string{0: {""}, 1: {""}, 2: {""}},
+			fixes: map[int][]string{0: {""}, 1: {""}, 2: {""}, 3: {""}, 4: {""}},
 		},
 		{
 			name: "policies without WITH CHECK",

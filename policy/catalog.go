@@ -47,8 +47,8 @@ type Relation struct {
 	RowSecurity      bool `json:"row_security,omitempty"`
 	ForceRowSecurity bool `json:"force_row_security,omitempty"`
 	// TenantPolicy: at least one permissive policy applies to pgmoat's role,
-	// and every permissive policy that applies to it references the tenant
-	// setting.
+	// and every permissive policy that applies to it is keyed on the tenant
+	// (TenantKey) in each expression PostgreSQL applies.
 	TenantPolicy bool `json:"tenant_policy,omitempty"`
 	// TenantColumn: the relation has a column named tenant_id
 	// (informational: a table with one but no protection is a finding).

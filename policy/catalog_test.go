@@ -160,3 +160,58 @@ func readFields(t testing.TB, path string, f func([]string)) {
 		t.Fatalf("read %s: %v", path, err)
 	}
 }
+
+// TestTenantKey: a policy expression is keyed on the tenant only when it
+// ANDs an equality between a column and the setting, in the forms
+// pg_get_expr prints.
+func TestTenantKey(t *testing.T) {
+	const s = "app.current_tenant_id"
+	for _, tt := range []struct {
+		expr, column string // column "" means not keyed
+	}{
+		{"(tenant_id = current_setting('app.current_tenant_id'::text))", "tenant_id"},
+		{"(tenant_id = current_setting('app.current_tenant_id'::text, true))", "tenant_id"},
+		{"(tenant_id = NULLIF(current_setting('app.current_tenant_id'::text, true), ''::text))", "tenant_id"},
+		{"(tenant_id = (NULLIF(current_setting('app.current_tenant_id'::text, true), ''::text))::uuid)", "tenant_id"},
+		{"(org = (current_setting('app.current_tenant_id'::text))::integer)", "org"},
+		{"(tenant_id = ( SELECT current_setting('app.current_tenant_id'::text, true) AS current_setting))", "tenant_id"},
+		{"((tenant_id)::text = pg_catalog.current_setting('APP.Current_Tenant_Id'::text))", "tenant_id"},
+		{"(current_setting('app.current_tenant_id'::text) = tenant_id)", "tenant_id"},
+		{"((tenant_id = current_setting('app.current_tenant_id'::text)) AND (NOT deleted))", "tenant_id"},
+		{"((NOT deleted) AND ((a > 1) AND (tenant_id = current_setting('app.current_tenant_id'::text))))", "tenant_id"},
+		{`("Tenant" = current_setting('app.current_tenant_id'::text))`, "Tenant"},
+		// A switch: a setting pgmoat refuses tenants, compared with a constant.
+		{"((tenant_id = current_setting('app.current_tenant_id'::text)) OR (current_setting('app.bypass'::text, true) = 'on'::text))", "tenant_id"},
+		{"(('on'::text = current_setting('app.bypass'::text, true)) OR ((tenant_id = current_setting('app.current_tenant_id'::text)) AND a))", "tenant_id"},
+
+		{"((tenant_id = current_setting('app.current_tenant_id'::text)) OR true)", ""},
+		{"(current_setting('app.bypass'::text, true) = 'on'::text)", ""},
+		{"((tenant_id = current_setting('app.current_tenant_id'::text)) OR (current_setting('app.current_tenant_id'::text) = 'admin'::text))", ""},
+		{"((tenant_id = current_setting('app.current_tenant_id'::text)) OR (current_setting('app.bypass'::text, true) IS NULL))", ""},
+		{"((tenant_id = current_setting('app.current_tenant_id'::text)) OR (current_setting('app.bypass'::text, true) <> 'off'::text))", ""},
+		{"((tenant_id = current_setting('app.current_tenant_id'::text)) OR (current_setting('app.bypass'::text) = tenant_id))", ""},
+		{"(NOT ((tenant_id = current_setting('app.current_tenant_id'::text)) AND true))", ""},
+		{"((tenant_id = current_setting('app.current_tenant_id'::text)) OR (current_user = 'admin'::name))", ""},
+		{"(tenant_id <> current_setting('app.current_tenant_id'::text))", ""},
+		{"(tenant_id >= current_setting('app.current_tenant_id'::text))", ""},
+		{"(NOT (tenant_id = current_setting('app.current_tenant_id'::text)))", ""},
+		{"(tenant_id = COALESCE(current_setting('app.current_tenant_id'::text, true), tenant_id))", ""},
+		{"(tenant_id = ANY (string_to_array(current_setting('app.current_tenant_id'::text), ','::text)))", ""},
+		{"(tenant_id = current_setting('app.current_tenant_id_admin'::text))", ""},
+		{"(tenant_id = current_setting(('app.current_tenant_id'::text || ''::text)))", ""},
+		{"(tenant_id = lower(current_setting('app.current_tenant_id'::text)))", ""},
+		{"(tenant_id = ( SELECT current_setting('app.current_tenant_id'::text) FROM t))", ""},
+		{"(lower(tenant_id) = current_setting('app.current_tenant_id'::text))", ""},
+		{"(t.tenant_id = current_setting('app.current_tenant_id'::text))", ""},
+		{"(tenant_id = tenant_id)", ""},
+		{"true", ""},
+		{"", ""},
+		{"tenant_id = current_setting('app.current_tenant_id') ; DROP TABLE x", ""},
+		{"not an expression (", ""},
+	} {
+		col, ok := TenantKey(tt.expr, s)
+		if ok != (tt.column != "") || col != tt.column {
+			t.Errorf("TenantKey(%q) = %q, %v; want %q", tt.expr, col, ok, tt.column)
+		}
+	}
+}

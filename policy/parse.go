@@ -1265,3 +1265,149 @@ func commandOf(n *pg_query.Node) string {
 		return statementTag(name)
 	}
 }
+
+// TenantKey reports whether expr, a row-level security policy expression as
+// pg_get_expr prints it, admits only rows of the session's tenant, and
+// returns the column compared with it. The expression must be
+//
+//	column = tenant, where tenant is current_setting(setting[, missing_ok]),
+//	perhaps inside NULLIF(x, c), casts or a scalar subquery (SELECT ...);
+//	or an AND of conditions, one of which is keyed;
+//	or an OR of keyed conditions and switches: current_setting(other) = c,
+//	where other is a setting that is not the tenant's. (pgmoat refuses
+//	tenants every setting a policy reads: Catalog.PolicySettings.)
+//
+// Anything else is not keyed, "OR true" and "<>" above all: mentioning the
+// setting is not enough.
+func TenantKey(expr, setting string) (column string, ok bool) {
+	if strings.IndexByte(expr, 0) >= 0 {
+		return "", false
+	}
+	tree, err := pg_query.Parse("SELECT WHERE " + expr)
+	if err != nil || len(tree.Stmts) != 1 {
+		return "", false
+	}
+	sel := tree.Stmts[0].GetStmt().GetSelectStmt()
+	if sel == nil {
+		return "", false
+	}
+	return tenantKey(sel.WhereClause, setting)
+}
+
+func tenantKey(n *pg_query.Node, setting string) (column string, ok bool) {
+	if b := n.GetBoolExpr(); b != nil {
+		switch b.Boolop {
+		case pg_query.BoolExprType_AND_EXPR:
+			for _, arg := range b.Args {
+				if col, ok := tenantKey(arg, setting); ok {
+					return col, true
+				}
+			}
+		case pg_query.BoolExprType_OR_EXPR:
+			for _, arg := range b.Args {
+				if col, ok := tenantKey(arg, setting); ok {
+					column = col
+				} else if !isSwitch(arg, setting) {
+					return "", false
+				}
+			}
+			return column, column != ""
+		}
+		return "", false
+	}
+	l, r, ok := equality(n)
+	if !ok {
+		return "", false
+	}
+	for _, sides := range [][2]*pg_query.Node{{l, r}, {r, l}} {
+		if col, ok := columnOf(sides[0]); ok && isTenantSetting(sides[1], setting) {
+			return col, true
+		}
+	}
+	return "", false
+}
+
+// equality returns the sides of an "=" comparison.
+func equality(n *pg_query.Node) (l, r *pg_query.Node, ok bool) {
+	a := n.GetAExpr()
+	if a == nil || a.Kind != pg_query.A_Expr_Kind_AEXPR_OP {
+		return nil, nil, false
+	}
+	if op, _ := stringList(a.Name); !slices.Equal(op, []string{"="}) && !slices.Equal(op, []string{"pg_catalog", "="}) {
+		return nil, nil, false
+	}
+	return a.Lexpr, a.Rexpr, true
+}
+
+// isSwitch reports whether n is current_setting(other[, missing_ok]) = c
+// (either way round, casts aside) for a setting other than the tenant's.
+func isSwitch(n *pg_query.Node, setting string) bool {
+	l, r, ok := equality(n)
+	if !ok {
+		return false
+	}
+	for _, sides := range [][2]*pg_query.Node{{l, r}, {r, l}} {
+		name, isSetting := settingRead(unwrapCasts(sides[0]))
+		if _, isConst := constString(unwrapCasts(sides[1])); isSetting && isConst && !strings.EqualFold(name, setting) {
+			return true
+		}
+	}
+	return false
+}
+
+// columnOf returns the name of an unqualified column reference, cast or not.
+func columnOf(n *pg_query.Node) (string, bool) {
+	c := unwrapCasts(n).GetColumnRef()
+	if c == nil || len(c.Fields) != 1 {
+		return "", false
+	}
+	names, ok := stringList(c.Fields)
+	if !ok {
+		return "", false
+	}
+	return names[0], true
+}
+
+// isTenantSetting reports whether n reads the tenant setting and nothing
+// else: current_setting(setting[, missing_ok]), perhaps cast, in
+// NULLIF(..., constant) or in a scalar subquery without FROM.
+func isTenantSetting(n *pg_query.Node, setting string) bool {
+	switch {
+	case n.GetTypeCast() != nil:
+		return isTenantSetting(n.GetTypeCast().Arg, setting)
+	case n.GetAExpr() != nil:
+		a := n.GetAExpr()
+		_, isConst := constString(unwrapCasts(a.Rexpr))
+		return a.Kind == pg_query.A_Expr_Kind_AEXPR_NULLIF && isConst && isTenantSetting(a.Lexpr, setting)
+	case n.GetSubLink() != nil:
+		l := n.GetSubLink()
+		s := l.Subselect.GetSelectStmt()
+		return l.SubLinkType == pg_query.SubLinkType_EXPR_SUBLINK && s != nil && len(s.TargetList) == 1 &&
+			len(s.FromClause) == 0 && s.WhereClause == nil && len(s.GroupClause) == 0 && s.HavingClause == nil &&
+			len(s.ValuesLists) == 0 && s.WithClause == nil && s.Op == pg_query.SetOperation_SETOP_NONE &&
+			s.TargetList[0].GetResTarget() != nil && isTenantSetting(s.TargetList[0].GetResTarget().Val, setting)
+	}
+	name, ok := settingRead(n)
+	return ok && strings.EqualFold(name, setting)
+}
+
+// settingRead returns the setting n reads if it is current_setting(name[,
+// missing_ok]) with a constant name.
+func settingRead(n *pg_query.Node) (string, bool) {
+	f := n.GetFuncCall()
+	if f == nil || len(f.Args) < 1 || len(f.Args) > 2 || f.AggFilter != nil || f.Over != nil || f.AggStar || f.FuncVariadic {
+		return "", false
+	}
+	name, _ := stringList(f.Funcname)
+	if !slices.Equal(name, []string{"current_setting"}) && !slices.Equal(name, []string{"pg_catalog", "current_setting"}) {
+		return "", false
+	}
+	return constString(unwrapCasts(f.Args[0]))
+}
+
+func unwrapCasts(n *pg_query.Node) *pg_query.Node {
+	for n.GetTypeCast() != nil {
+		n = n.GetTypeCast().Arg
+	}
+	return n
+}

@@ -19,27 +19,8 @@ const (
 	// roleQuery: RLS does not apply to a superuser or a BYPASSRLS role.
 	roleQuery = `SELECT rolname, rolsuper OR rolbypassrls FROM pg_catalog.pg_roles WHERE rolname = current_user`
 
-	// A relation's TenantPolicy: some permissive policy applies to the
-	// current role, and every permissive policy that does names the tenant
-	// setting ($1, as a quoted literal) in each expression PostgreSQL
-	// applies for its commands: USING for reads, updates and deletes; WITH
-	// CHECK (USING when absent) for inserts and updates. A policy with
-	// USING (true) and a tenant WITH CHECK lets every tenant read every row.
 	relationsQuery = `
-WITH pol AS (
-  SELECT p.polrelid,
-         (p.polcmd NOT IN ('*', 'r', 'w', 'd') OR pg_catalog.strpos(pg_catalog.lower(
-            coalesce(pg_catalog.pg_get_expr(p.polqual, p.polrelid), '')), $1) > 0)
-     AND (p.polcmd NOT IN ('*', 'a', 'w') OR pg_catalog.strpos(pg_catalog.lower(
-            coalesce(pg_catalog.pg_get_expr(coalesce(p.polwithcheck, p.polqual), p.polrelid), '')), $1) > 0) AS tenant
-  FROM pg_catalog.pg_policy p
-  WHERE p.polpermissive
-    AND (0 = ANY (p.polroles) OR EXISTS (
-      SELECT 1 FROM pg_catalog.unnest(p.polroles) AS r(oid)
-      WHERE pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER')))
-)
 SELECT n.nspname, c.relname, c.relkind::text, c.relrowsecurity, c.relforcerowsecurity,
-       coalesce((SELECT pg_catalog.bool_and(pol.tenant) FROM pol WHERE pol.polrelid = c.oid), false),
        EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
                WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped),
        coalesce(pg_catalog.lower((SELECT o.option_value FROM pg_catalog.pg_options_to_table(c.reloptions) o
@@ -49,6 +30,26 @@ FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
   AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)'`
+
+	// The expressions of the permissive policies that apply to the current
+	// role, each that PostgreSQL applies for the policy's commands: USING
+	// for reads, updates and deletes; WITH CHECK (USING when absent) for
+	// inserts and updates; '' when there is none. A relation's
+	// TenantPolicy: it has some, and each is keyed on the tenant
+	// (policy.TenantKey). A policy with USING (true) and a tenant WITH CHECK
+	// lets every tenant read every row.
+	policyExprsQuery = `
+SELECT n.nspname || '.' || c.relname,
+       coalesce(pg_catalog.pg_get_expr(CASE WHEN e.reads THEN p.polqual ELSE coalesce(p.polwithcheck, p.polqual) END, p.polrelid), '')
+FROM pg_catalog.pg_policy p
+JOIN pg_catalog.pg_class c ON c.oid = p.polrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+CROSS JOIN (VALUES (true), (false)) AS e(reads)
+WHERE p.polpermissive
+  AND (0 = ANY (p.polroles) OR EXISTS (
+    SELECT 1 FROM pg_catalog.unnest(p.polroles) AS r(oid)
+    WHERE pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER')))
+  AND CASE WHEN e.reads THEN p.polcmd IN ('*', 'r', 'w', 'd') ELSE p.polcmd IN ('*', 'a', 'w') END`
 
 	// What views and materialized views read and call, from their rewrite
 	// rules' dependencies.
@@ -160,22 +161,37 @@ func LoadCatalog(ctx context.Context, conn *pgconn.PgConn, tenantSetting string)
 	if err != nil {
 		return nil, fmt.Errorf("load search path: %w", err)
 	}
-	err = query(ctx, conn, relationsQuery, [][]byte{[]byte("'" + strings.ToLower(tenantSetting) + "'")}, func(row [][]byte) {
+	err = query(ctx, conn, relationsQuery, nil, func(row [][]byte) {
 		r := &policy.Relation{
 			Schema:           string(row[0]),
 			Name:             string(row[1]),
 			Kind:             row[2][0],
 			RowSecurity:      isTrue(row[3]),
 			ForceRowSecurity: isTrue(row[4]),
-			TenantPolicy:     isTrue(row[5]),
-			TenantColumn:     isTrue(row[6]),
-			SecurityInvoker:  isTrue(row[7]),
-			IsPartition:      isTrue(row[8]),
+			TenantColumn:     isTrue(row[5]),
+			SecurityInvoker:  isTrue(row[6]),
+			IsPartition:      isTrue(row[7]),
 		}
 		cat.Relations[r.Key()] = r
 	})
 	if err != nil {
 		return nil, fmt.Errorf("load relations: %w", err)
+	}
+	keyed := map[string]bool{} // relation -> every policy expression so far is keyed
+	err = query(ctx, conn, policyExprsQuery, nil, func(row [][]byte) {
+		rel := string(row[0])
+		_, ok := policy.TenantKey(string(row[1]), tenantSetting)
+		if prev, seen := keyed[rel]; !seen || prev {
+			keyed[rel] = ok
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load row-level security policies: %w", err)
+	}
+	for key, ok := range keyed {
+		if r := cat.Relations[key]; r != nil {
+			r.TenantPolicy = ok
+		}
 	}
 	err = query(ctx, conn, viewDepsQuery, nil, func(row [][]byte) {
 		v := cat.Relations[string(row[0])]

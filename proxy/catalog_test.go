@@ -32,6 +32,14 @@ SELECT pol.tenant_table('read_all', 'true', 'tenant_id = current_setting(''app.c
 SELECT pol.tenant_table('write_all', 'tenant_id = current_setting(''app.current_tenant_id'', true)', 'true');
 SELECT pol.tenant_table('prefix', 'tenant_id = current_setting(''app.current_tenant_id_admin'', true)', NULL);
 SELECT pol.tenant_table('insert_only', NULL, 'tenant_id = current_setting(''app.current_tenant_id'', true)', 'INSERT');
+SELECT pol.tenant_table('or_true', 'tenant_id = current_setting(''app.current_tenant_id'', true) OR true', NULL);
+SELECT pol.tenant_table('not_equal', 'tenant_id <> current_setting(''app.current_tenant_id'', true)', NULL);
+SELECT pol.tenant_table('coalesce', 'tenant_id = coalesce(current_setting(''app.current_tenant_id'', true), tenant_id)', NULL);
+SELECT pol.tenant_table('nullif', 'tenant_id = NULLIF(current_setting(''app.current_tenant_id'', true), '''')', NULL);
+SELECT pol.tenant_table('subquery', 'tenant_id = (SELECT current_setting(''app.current_tenant_id'', true))', NULL);
+SELECT pol.tenant_table('and_more', 'tenant_id = current_setting(''app.current_tenant_id'', true) AND tenant_id <> ''''', NULL);
+SELECT pol.tenant_table('two_policies', 'tenant_id = current_setting(''app.current_tenant_id'', true)', NULL);
+CREATE POLICY q ON pol.two_policies FOR SELECT USING (tenant_id = current_setting('app.current_tenant_id', true) OR tenant_id = 'public');
 `
 
 // catalogOf creates database db on the shared cluster (dropped after the
@@ -66,6 +74,9 @@ func TestCatalogTenantPolicy(t *testing.T) {
 		"good": true, "read_all": false, "write_all": false, "prefix": false,
 		// Reads have no permissive policy, so they see nothing: safe.
 		"insert_only": true,
+		// Naming the setting is not enough.
+		"or_true": false, "not_equal": false, "coalesce": false, "two_policies": false,
+		"nullif": true, "subquery": true, "and_more": true,
 	} {
 		rel := cat.Relations["pol."+name]
 		if rel == nil {
