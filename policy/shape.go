@@ -15,10 +15,10 @@ import "strings"
 // begins and ends, must be as PostgreSQL's lexer sees them. It therefore
 // gives up (ok false, and the caller falls back to pg_query.Normalize) on
 // anything whose lexing is subtle: comments, dollar quotes and parameters
-// ($), "..", prefixed strings (E'x', B'1', X'f', N'x', U&'x'), string literals
-// continued on another line, numbers with a suffix (0x1F, 1_000, 1e),
-// bytes outside printable ASCII outside a string, and statements other
-// than plain DML. In DML every literal is an A_Const
+// ($), "..", prefixed strings (E'x', B'1', X'f', N'x', U&'x'), string
+// literals continued on another line, numbers with a suffix (0x1F, 1_000,
+// 1e), backslashes and bytes outside printable ASCII outside a string, and
+// statements other than plain DML. In DML every literal is an A_Const
 // except type modifiers and array bounds (varchar(10), int[3]), which no
 // rule looks at.
 //
