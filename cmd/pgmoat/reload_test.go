@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -49,23 +50,36 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// freeAddr returns a loopback address with a port nobody listens on.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
+// anyPort is the listen and metrics_listen of the tests' configurations:
+// the kernel picks free ports, which pgmoat logs (startRun reads them).
+// Ports picked in advance could be taken by someone else meanwhile.
+const anyPort = "127.0.0.1:0"
 
 // runningProxy is `pgmoat run` executed in-process.
 type runningProxy struct {
-	addr, metricsAddr string
+	addr, metricsAddr string // where it listens
 	stderr            *syncBuffer
 	done              chan int // the exit code
 }
+
+// startRun executes `pgmoat run --config path` in-process until ctx is
+// done, and returns once it listens, with the addresses it logged.
+func startRun(t *testing.T, ctx context.Context, path string) *runningProxy {
+	t.Helper()
+	p := &runningProxy{stderr: &syncBuffer{}, done: make(chan int, 1)}
+	go func() { p.done <- execute(ctx, []string{"run", "--config", path}, io.Discard, p.stderr) }()
+	p.await(t, "listening", func() error {
+		m := listeningRE.FindStringSubmatch(p.stderr.String())
+		if m == nil {
+			return errors.New("no \"pgmoat listening\" log record yet")
+		}
+		p.addr, p.metricsAddr = m[1], m[2]
+		return nil
+	})
+	return p
+}
+
+var listeningRE = regexp.MustCompile(`"msg":"pgmoat listening","listen":"([^"]+)","metrics_listen":"([^"]+)"`)
 
 // await polls cond until it returns nil. It fails the test if pgmoat exits
 // first or cond still fails after a generous bound (this is a wait for an
@@ -167,14 +181,13 @@ func TestRunReload(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	p := &runningProxy{addr: freeAddr(t), metricsAddr: freeAddr(t), stderr: &syncBuffer{}, done: make(chan int, 1)}
 	dsn := c.DSN("pgmoat", "pgmoat_secret", "app")
 	auditPath := filepath.Join(dir, "audit.log")
 	write("acme.pass", "acme_secret\n")
-	write("pgmoat.yaml", fmt.Sprintf(reloadConfig, p.addr, p.metricsAddr, dsn, "", "info", auditPath))
+	write("pgmoat.yaml", fmt.Sprintf(reloadConfig, anyPort, anyPort, dsn, "", "info", auditPath))
 
 	ctx, cancel := context.WithCancel(context.Background())
-	go func() { p.done <- execute(ctx, []string{"run", "--config", path}, io.Discard, p.stderr) }()
+	p := startRun(t, ctx, path)
 	stopped := false
 	stop := func() {
 		if !stopped {
@@ -239,7 +252,8 @@ func TestRunReload(t *testing.T) {
 
 	t.Run("file change", func(t *testing.T) {
 		globex := "  - name: globex_app\n    password: globex_secret\n    tenant: globex\n"
-		write("pgmoat.yaml", fmt.Sprintf(reloadConfig, freeAddr(t), p.metricsAddr, dsn, globex, "debug", auditPath))
+		// Another listen address, never bound: it needs a restart.
+		write("pgmoat.yaml", fmt.Sprintf(reloadConfig, "127.0.0.1:1", anyPort, dsn, globex, "debug", auditPath))
 		p.awaitMetric(t, `pgmoat_config_reloads_total{result="success"}`, 2)
 		// listen needs a restart: the old address still serves.
 		conn, err := p.connect(t, "globex_app", "globex_secret")
@@ -253,7 +267,7 @@ func TestRunReload(t *testing.T) {
 	})
 
 	t.Run("invalid config", func(t *testing.T) {
-		write("pgmoat.yaml", fmt.Sprintf(reloadConfig, p.addr, p.metricsAddr, dsn, "", "loud", auditPath))
+		write("pgmoat.yaml", fmt.Sprintf(reloadConfig, anyPort, anyPort, dsn, "", "loud", auditPath))
 		p.awaitMetric(t, `pgmoat_config_reloads_total{result="failure"}`, 1)
 		if v, err := p.metric("pgmoat_config_last_reload_successful"); err != nil || v != 0 {
 			t.Errorf("pgmoat_config_last_reload_successful = %v, %v; want 0", v, err)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -86,9 +85,8 @@ func TestRunSignals(t *testing.T) {
 			t.Cleanup(func() {
 				c.Exec(context.Background(), "app", fmt.Sprintf("delete from orders where status = '%s'", marker))
 			})
-			p := &runningProxy{addr: freeAddr(t), metricsAddr: freeAddr(t), stderr: &syncBuffer{}, done: make(chan int, 1)}
-			path := writeConfig(t, fmt.Sprintf(signalConfig, p.addr, p.metricsAddr, c.DSN("pgmoat", "pgmoat_secret", "app")))
-			go func() { p.done <- execute(ctx, []string{"run", "--config", path}, io.Discard, p.stderr) }()
+			path := writeConfig(t, fmt.Sprintf(signalConfig, anyPort, anyPort, c.DSN("pgmoat", "pgmoat_secret", "app")))
+			p := startRun(t, ctx, path)
 
 			var conn *pgx.Conn
 			p.await(t, "login", func() (err error) {
@@ -149,11 +147,10 @@ func TestRunReadyzFollowsUpstream(t *testing.T) {
 	if err := c.CreateDemo(ctx); err != nil {
 		t.Fatal(err)
 	}
-	p := &runningProxy{addr: freeAddr(t), metricsAddr: freeAddr(t), stderr: &syncBuffer{}, done: make(chan int, 1)}
 	t.Setenv("PGMOAT_POLICY_CATALOG_REFRESH", "100ms")
-	path := writeConfig(t, fmt.Sprintf(signalConfig, p.addr, p.metricsAddr, c.DSN("pgmoat", "pgmoat_secret", "app")))
+	path := writeConfig(t, fmt.Sprintf(signalConfig, anyPort, anyPort, c.DSN("pgmoat", "pgmoat_secret", "app")))
 	rctx, cancel := context.WithCancel(ctx)
-	go func() { p.done <- execute(rctx, []string{"run", "--config", path}, io.Discard, p.stderr) }()
+	p := startRun(t, rctx, path)
 	t.Cleanup(func() { cancel(); <-p.done })
 
 	readyz := func(want int) func() error {
