@@ -283,6 +283,25 @@ func TestStartupParameters(t *testing.T) {
 		wantOnly(t, tenantsOf(t, conn, "select tenant_id from orders"), "acme")
 	})
 
+	// A parameter the server refuses at login fails the client's login with
+	// the server's SQLSTATE, as it would directly.
+	t.Run("refused by the server", func(t *testing.T) {
+		for _, tt := range []struct{ name, value, code string }{
+			{"TimeZone", "Nowhere/Atlantis", "22023"},
+			{"DateStyle", "sideways", "22023"},
+			{"lc_messages", "C", "42501"}, // a superuser-only setting
+		} {
+			cfg, err := pgx.ParseConfig(p.dsn("acme_app", "acme_secret"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.RuntimeParams[tt.name] = tt.value
+			if _, err := pgx.ConnectConfig(ctx, cfg); sqlstate(err) != tt.code {
+				t.Errorf("%s=%s: %v, want %s", tt.name, tt.value, err, tt.code)
+			}
+		}
+	})
+
 	t.Run("replication refused", func(t *testing.T) {
 		for _, mode := range []string{"database", "true"} {
 			cfg, err := pgx.ParseConfig(p.dsn("acme_app", "acme_secret"))

@@ -116,7 +116,7 @@ func (c *session) run(ctx context.Context) (err error) {
 	}
 	if err != nil {
 		o.Metrics.UpstreamConnectFailed()
-		return c.refuse(&clientError{code: "08006", message: "pgmoat: could not connect to the database server", result: ResultUpstreamError, cause: err})
+		return c.refuse(upstreamLoginError(err))
 	}
 	o.Metrics.UpstreamConnected()
 	defer func() {
