@@ -150,6 +150,9 @@ type AuditPolicy struct {
 	// Using and WithCheck are the expressions as pg_get_expr prints them,
 	// "" when absent.
 	Using, WithCheck string
+	// UserObjects: the policy uses an operator, function or type that is
+	// not built in, so its text may not mean what it says (TenantKey).
+	UserObjects bool
 }
 
 // AuditView is one view.
@@ -458,7 +461,7 @@ func (a *auditor) exprKeyed(expr string) bool {
 
 // policyKeyed: the policy has an expression and each of them is keyed.
 func (a *auditor) policyKeyed(p *AuditPolicy) bool {
-	if p.Using == "" && p.WithCheck == "" {
+	if p.Using == "" && p.WithCheck == "" || p.UserObjects {
 		return false
 	}
 	return (p.Using == "" || a.exprKeyed(p.Using)) && (p.WithCheck == "" || a.exprKeyed(p.WithCheck))
@@ -475,6 +478,12 @@ func (a *auditor) policy(t *AuditTable, p *AuditPolicy, c *AuditColumn) {
 			a.add(SeverityWarning, CodePolicyNoWithCheck, key, "",
 				"policy %s on %s has neither USING nor WITH CHECK, so it allows nothing", p.Name, key)
 		}
+		return
+	}
+	if p.UserObjects {
+		a.add(SeverityError, CodePolicyNotKeyed, key, "",
+			"policy %s on %s uses an operator, function or type that is not PostgreSQL's own, so its text (%s) may not mean what it says: pgmoat cannot tell that it compares %s with %s; use the built-in = and current_setting",
+			p.Name, key, strings.TrimSpace(p.Using+" "+p.WithCheck), a.column, a.setting)
 		return
 	}
 	var bad []string

@@ -207,6 +207,8 @@ func TestAudit(t *testing.T) {
 					AuditPolicy{Name: "or_true", Permissive: true, Command: 'r', AppliesToRole: true, Using: "(" + keyedExpr + " OR true)"},
 					AuditPolicy{Name: "not_equal", Permissive: true, Command: 'r', AppliesToRole: true,
 						Using: "(tenant_id <> NULLIF(current_setting('app.current_tenant_id'::text, true), ''::text))"},
+					// The text reads right, but "=" or current_setting is a user's.
+					AuditPolicy{Name: "user_operator", Permissive: true, Command: 'r', AppliesToRole: true, Using: keyedExpr, UserObjects: true},
 					// Does not apply to the application role: not reported.
 					AuditPolicy{Name: "admins", Permissive: true, Command: '*', AppliesToRole: false, Using: "true"},
 				)
@@ -217,8 +219,9 @@ func TestAudit(t *testing.T) {
 				"error policy_not_keyed public.orders",
 				"error policy_not_keyed public.orders",
 				"error policy_not_keyed public.orders",
+				"error policy_not_keyed public.orders",
 			},
-			fixes: map[int][]string{0: {""}, 1: {""}, 2: {""}, 3: {""}, 4: {""}},
+			fixes: map[int][]string{0: {""}, 1: {""}, 2: {""}, 3: {""}, 4: {""}, 5: {""}},
 		},
 		{
 			name: "policies without WITH CHECK",

@@ -174,6 +174,9 @@ func TestTenantKey(t *testing.T) {
 		{"(tenant_id = NULLIF(current_setting('app.current_tenant_id'::text, true), ''::text))", "tenant_id"},
 		{"(tenant_id = (NULLIF(current_setting('app.current_tenant_id'::text, true), ''::text))::uuid)", "tenant_id"},
 		{"(org = (current_setting('app.current_tenant_id'::text))::integer)", "org"},
+		{"(org = (current_setting('app.current_tenant_id'::text))::bigint)", "org"},
+		{"((tenant_id)::character varying = current_setting('app.current_tenant_id'::text))", "tenant_id"},
+		{"((owner = current_setting('app.current_tenant_id'::text)) OR (owner = NULLIF(current_setting('app.current_tenant_id'::text, true), ''::text)))", "owner"},
 		{"(tenant_id = ( SELECT current_setting('app.current_tenant_id'::text, true) AS current_setting))", "tenant_id"},
 		{"((tenant_id)::text = pg_catalog.current_setting('APP.Current_Tenant_Id'::text))", "tenant_id"},
 		{"(current_setting('app.current_tenant_id'::text) = tenant_id)", "tenant_id"},
@@ -191,6 +194,18 @@ func TestTenantKey(t *testing.T) {
 		{"((tenant_id = current_setting('app.current_tenant_id'::text)) OR (current_setting('app.bypass'::text, true) <> 'off'::text))", ""},
 		{"((tenant_id = current_setting('app.current_tenant_id'::text)) OR (current_setting('app.bypass'::text) = tenant_id))", ""},
 		{"(NOT ((tenant_id = current_setting('app.current_tenant_id'::text)) AND true))", ""},
+		// Switches only on custom settings, which tenants cannot change.
+		{"((tenant_id = current_setting('app.current_tenant_id'::text)) OR (current_setting('transaction_read_only'::text) = 'on'::text))", ""},
+		{"((tenant_id = current_setting('app.current_tenant_id'::text)) OR (current_setting('server_encoding'::text) = 'UTF8'::text))", ""},
+		// One column throughout.
+		{"((owner = current_setting('app.current_tenant_id'::text)) OR (tenant_id = current_setting('app.current_tenant_id'::text)))", ""},
+		// Casts that fold distinct tenants together.
+		{"(((tenant_id)::character(1))::bpchar = ((current_setting('app.current_tenant_id'::text))::character(1))::bpchar)", ""},
+		{"((tenant_id)::boolean = (current_setting('app.current_tenant_id'::text))::boolean)", ""},
+		{"(tenant_id = (current_setting('app.current_tenant_id'::text))::character varying(3))", ""},
+		{"(tenant_id = (current_setting('app.current_tenant_id'::text))::name)", ""},
+		{"(tenant_id = (current_setting('app.current_tenant_id'::text))::public.tenant)", ""},
+		{"((tenant_id)::integer = current_setting('app.current_tenant_id'::text))", ""},
 		{"((tenant_id = current_setting('app.current_tenant_id'::text)) OR (current_user = 'admin'::name))", ""},
 		{"(tenant_id <> current_setting('app.current_tenant_id'::text))", ""},
 		{"(tenant_id >= current_setting('app.current_tenant_id'::text))", ""},

@@ -1270,15 +1270,21 @@ func commandOf(n *pg_query.Node) string {
 // pg_get_expr prints it, admits only rows of the session's tenant, and
 // returns the column compared with it. The expression must be
 //
-//	column = tenant, where tenant is current_setting(setting[, missing_ok]),
-//	perhaps inside NULLIF(x, c), casts or a scalar subquery (SELECT ...);
+//	column = tenant, where column may be cast to text or varchar, and tenant
+//	is current_setting(setting[, missing_ok]), perhaps inside NULLIF(x, c)
+//	or a scalar subquery (SELECT ...), perhaps cast to text, varchar, uuid
+//	or an integer type: casts that tell distinct values apart;
 //	or an AND of conditions, one of which is keyed;
-//	or an OR of keyed conditions and switches: current_setting(other) = c,
-//	where other is a setting that is not the tenant's. (pgmoat refuses
-//	tenants every setting a policy reads: Catalog.PolicySettings.)
+//	or an OR of conditions keyed on one column and of switches:
+//	current_setting(other) = c, where other is a custom setting (it has a
+//	dot) that is not the tenant's. pgmoat refuses tenants every setting a
+//	policy reads (Catalog.PolicySettings), and custom settings can only be
+//	set with SET or set_config.
 //
 // Anything else is not keyed, "OR true" and "<>" above all: mentioning the
-// setting is not enough.
+// setting is not enough. The text cannot show which operator "=" is, or
+// which function current_setting: the caller must also check that the
+// policy uses no user-defined operator, function or type (pg_depend).
 func TenantKey(expr, setting string) (column string, ok bool) {
 	if strings.IndexByte(expr, 0) >= 0 {
 		return "", false
@@ -1305,9 +1311,9 @@ func tenantKey(n *pg_query.Node, setting string) (column string, ok bool) {
 			}
 		case pg_query.BoolExprType_OR_EXPR:
 			for _, arg := range b.Args {
-				if col, ok := tenantKey(arg, setting); ok {
+				if col, ok := tenantKey(arg, setting); ok && (column == "" || col == column) {
 					column = col
-				} else if !isSwitch(arg, setting) {
+				} else if ok || !isSwitch(arg, setting) {
 					return "", false
 				}
 			}
@@ -1348,16 +1354,24 @@ func isSwitch(n *pg_query.Node, setting string) bool {
 	}
 	for _, sides := range [][2]*pg_query.Node{{l, r}, {r, l}} {
 		name, isSetting := settingRead(unwrapCasts(sides[0]))
-		if _, isConst := constString(unwrapCasts(sides[1])); isSetting && isConst && !strings.EqualFold(name, setting) {
+		_, isConst := constString(unwrapCasts(sides[1]))
+		if isSetting && isConst && strings.Contains(name, ".") && !strings.EqualFold(name, setting) {
 			return true
 		}
 	}
 	return false
 }
 
-// columnOf returns the name of an unqualified column reference, cast or not.
+// columnOf returns the name of an unqualified column reference, perhaps
+// cast to text or varchar (which keep every value distinct).
 func columnOf(n *pg_query.Node) (string, bool) {
-	c := unwrapCasts(n).GetColumnRef()
+	for tc := n.GetTypeCast(); tc != nil; tc = n.GetTypeCast() {
+		if t := castType(tc); t != "text" && t != "varchar" {
+			return "", false
+		}
+		n = tc.Arg
+	}
+	c := n.GetColumnRef()
 	if c == nil || len(c.Fields) != 1 {
 		return "", false
 	}
@@ -1374,7 +1388,7 @@ func columnOf(n *pg_query.Node) (string, bool) {
 func isTenantSetting(n *pg_query.Node, setting string) bool {
 	switch {
 	case n.GetTypeCast() != nil:
-		return isTenantSetting(n.GetTypeCast().Arg, setting)
+		return exactCasts[castType(n.GetTypeCast())] && isTenantSetting(n.GetTypeCast().Arg, setting)
 	case n.GetAExpr() != nil:
 		a := n.GetAExpr()
 		_, isConst := constString(unwrapCasts(a.Rexpr))
@@ -1403,6 +1417,24 @@ func settingRead(n *pg_query.Node) (string, bool) {
 		return "", false
 	}
 	return constString(unwrapCasts(f.Args[0]))
+}
+
+// exactCasts are the types a tenant id may be cast to: their input
+// functions map distinct tenants to distinct values, without truncating
+// (char, varchar(n), name) or folding (bool).
+var exactCasts = map[string]bool{"text": true, "varchar": true, "uuid": true, "int2": true, "int4": true, "int8": true}
+
+// castType names a cast's target type as pg_catalog does ("int4" for
+// integer), or returns "" for anything but a built-in type without
+// modifiers or array bounds.
+func castType(tc *pg_query.TypeCast) string {
+	t := tc.TypeName
+	names, ok := stringList(t.GetNames())
+	if !ok || len(t.Typmods) > 0 || len(t.ArrayBounds) > 0 || t.Setof || t.PctType || len(names) > 2 ||
+		len(names) == 2 && names[0] != "pg_catalog" {
+		return ""
+	}
+	return names[len(names)-1]
 }
 
 func unwrapCasts(n *pg_query.Node) *pg_query.Node {

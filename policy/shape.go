@@ -20,7 +20,9 @@ import "strings"
 // 1e), backslashes and bytes outside printable ASCII outside a string, and
 // statements other than plain DML. In DML every literal is an A_Const
 // except type modifiers and array bounds (varchar(10), int[3]), which no
-// rule looks at.
+// rule looks at. So texts that differ only there share a key: one that the
+// parser refuses (float(54), int[3.5]) can be allowed from the cache, and
+// the server, which parses the same text, refuses it.
 //
 // Keys begin with a NUL byte, which no text pg_query.Normalize accepts
 // holds, so the two kinds of key never meet in the cache.

@@ -65,7 +65,8 @@ SELECT n.nspname, c.relname, p.polname, p.polpermissive, p.polcmd::text,
          SELECT 1 FROM pg_catalog.unnest(p.polroles) AS r(oid)
          WHERE r.oid <> 0 AND pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER')),
        coalesce(pg_catalog.pg_get_expr(p.polqual, p.polrelid), ''),
-       coalesce(pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid), '')
+       coalesce(pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid), ''),
+       ` + policyUsesUserObjects + `
 FROM pg_catalog.pg_policy p
 JOIN pg_catalog.pg_class c ON c.oid = p.polrelid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -143,7 +144,7 @@ func LoadAuditSnapshot(ctx context.Context, conn *pgconn.PgConn, tenantColumn st
 		if t := tables[string(row[0])+"."+string(row[1])]; t != nil {
 			t.Policies = append(t.Policies, policy.AuditPolicy{
 				Name: string(row[2]), Permissive: isTrue(row[3]), Command: row[4][0],
-				AppliesToRole: isTrue(row[5]), Using: string(row[6]), WithCheck: string(row[7]),
+				AppliesToRole: isTrue(row[5]), Using: string(row[6]), WithCheck: string(row[7]), UserObjects: isTrue(row[8]),
 			})
 		}
 	})

@@ -34,13 +34,14 @@ WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
 	// The expressions of the permissive policies that apply to the current
 	// role, each that PostgreSQL applies for the policy's commands: USING
 	// for reads, updates and deletes; WITH CHECK (USING when absent) for
-	// inserts and updates; '' when there is none. A relation's
-	// TenantPolicy: it has some, and each is keyed on the tenant
-	// (policy.TenantKey). A policy with USING (true) and a tenant WITH CHECK
-	// lets every tenant read every row.
+	// inserts and updates; '' when there is none. A policy with USING (true)
+	// and a tenant WITH CHECK lets every tenant read every row. With each,
+	// whether the policy uses user-defined objects: its text could then say
+	// "=" or current_setting and mean something else.
 	policyExprsQuery = `
 SELECT n.nspname || '.' || c.relname,
-       coalesce(pg_catalog.pg_get_expr(CASE WHEN e.reads THEN p.polqual ELSE coalesce(p.polwithcheck, p.polqual) END, p.polrelid), '')
+       coalesce(pg_catalog.pg_get_expr(CASE WHEN e.reads THEN p.polqual ELSE coalesce(p.polwithcheck, p.polqual) END, p.polrelid), ''),
+       ` + policyUsesUserObjects + `
 FROM pg_catalog.pg_policy p
 JOIN pg_catalog.pg_class c ON c.oid = p.polrelid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -50,6 +51,13 @@ WHERE p.polpermissive
     SELECT 1 FROM pg_catalog.unnest(p.polroles) AS r(oid)
     WHERE pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER')))
   AND CASE WHEN e.reads THEN p.polcmd IN ('*', 'r', 'w', 'd') ELSE p.polcmd IN ('*', 'a', 'w') END`
+
+	// policyUsesUserObjects: policy p uses an operator, function or type
+	// that is not built in (PostgreSQL records no dependency on those).
+	policyUsesUserObjects = `EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+         WHERE d.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass AND d.objid = p.oid
+           AND d.refclassid IN ('pg_catalog.pg_operator'::pg_catalog.regclass,
+             'pg_catalog.pg_proc'::pg_catalog.regclass, 'pg_catalog.pg_type'::pg_catalog.regclass))`
 
 	// What views and materialized views read and call, from their rewrite
 	// rules' dependencies.
@@ -177,20 +185,30 @@ func LoadCatalog(ctx context.Context, conn *pgconn.PgConn, tenantSetting string)
 	if err != nil {
 		return nil, fmt.Errorf("load relations: %w", err)
 	}
-	keyed := map[string]bool{} // relation -> every policy expression so far is keyed
+	// A relation's TenantPolicy: it has policy expressions, and each is
+	// keyed on the tenant (policy.TenantKey), on one column, with built-in
+	// objects only.
+	type keying struct {
+		column string
+		ok     bool
+	}
+	keyed := map[string]*keying{}
 	err = query(ctx, conn, policyExprsQuery, nil, func(row [][]byte) {
-		rel := string(row[0])
-		_, ok := policy.TenantKey(string(row[1]), tenantSetting)
-		if prev, seen := keyed[rel]; !seen || prev {
-			keyed[rel] = ok
+		k := keyed[string(row[0])]
+		if k == nil {
+			k = &keying{ok: true}
+			keyed[string(row[0])] = k
 		}
+		col, ok := policy.TenantKey(string(row[1]), tenantSetting)
+		k.ok = k.ok && ok && !isTrue(row[2]) && (k.column == "" || col == k.column)
+		k.column = col
 	})
 	if err != nil {
 		return nil, fmt.Errorf("load row-level security policies: %w", err)
 	}
-	for key, ok := range keyed {
+	for key, k := range keyed {
 		if r := cat.Relations[key]; r != nil {
-			r.TenantPolicy = ok
+			r.TenantPolicy = k.ok
 		}
 	}
 	err = query(ctx, conn, viewDepsQuery, nil, func(row [][]byte) {

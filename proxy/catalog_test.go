@@ -40,6 +40,15 @@ SELECT pol.tenant_table('subquery', 'tenant_id = (SELECT current_setting(''app.c
 SELECT pol.tenant_table('and_more', 'tenant_id = current_setting(''app.current_tenant_id'', true) AND tenant_id <> ''''', NULL);
 SELECT pol.tenant_table('two_policies', 'tenant_id = current_setting(''app.current_tenant_id'', true)', NULL);
 CREATE POLICY q ON pol.two_policies FOR SELECT USING (tenant_id = current_setting('app.current_tenant_id', true) OR tenant_id = 'public');
+SELECT pol.tenant_table('two_columns', 'tenant_id = current_setting(''app.current_tenant_id'', true)', NULL);
+ALTER TABLE pol.two_columns ADD COLUMN owner text;
+CREATE POLICY q ON pol.two_columns FOR SELECT USING (owner = current_setting('app.current_tenant_id', true));
+-- "=" and current_setting that are not PostgreSQL's, though the text reads the same.
+CREATE FUNCTION pol.always(text, varchar) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT true';
+CREATE OPERATOR public.= (LEFTARG = text, RIGHTARG = varchar, FUNCTION = pol.always);
+SELECT pol.tenant_table('user_operator', 'tenant_id = current_setting(''app.current_tenant_id'')::varchar', NULL);
+CREATE FUNCTION public.current_setting(varchar) RETURNS text LANGUAGE sql STABLE AS $f$SELECT 'acme'::text$f$;
+SELECT pol.tenant_table('user_function', 'tenant_id = current_setting(''app.current_tenant_id''::varchar)', NULL);
 `
 
 // catalogOf creates database db on the shared cluster (dropped after the
@@ -76,6 +85,7 @@ func TestCatalogTenantPolicy(t *testing.T) {
 		"insert_only": true,
 		// Naming the setting is not enough.
 		"or_true": false, "not_equal": false, "coalesce": false, "two_policies": false,
+		"two_columns": false, "user_operator": false, "user_function": false,
 		"nullif": true, "subquery": true, "and_more": true,
 	} {
 		rel := cat.Relations["pol."+name]
