@@ -206,6 +206,10 @@ func TestTenantKey(t *testing.T) {
 		{"(tenant_id = (current_setting('app.current_tenant_id'::text))::name)", ""},
 		{"(tenant_id = (current_setting('app.current_tenant_id'::text))::public.tenant)", ""},
 		{"((tenant_id)::integer = current_setting('app.current_tenant_id'::text))", ""},
+		// A policy must not change the setting it reads.
+		{"(tenant_id = current_setting('app.current_tenant_id'::text, (set_config('app.current_tenant_id'::text, 'globex'::text, true) IS NULL)))", ""},
+		{"((tenant_id = current_setting('app.current_tenant_id'::text)) AND (pg_catalog.set_config('app.current_tenant_id'::text, 'globex'::text, true) IS NOT NULL))", ""},
+		{"(tenant_id = current_setting('app.current_tenant_id'::text, (random() > (0.5)::double precision)))", ""},
 		{"((tenant_id = current_setting('app.current_tenant_id'::text)) OR (current_user = 'admin'::name))", ""},
 		{"(tenant_id <> current_setting('app.current_tenant_id'::text))", ""},
 		{"(tenant_id >= current_setting('app.current_tenant_id'::text))", ""},

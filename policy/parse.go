@@ -1282,11 +1282,14 @@ func commandOf(n *pg_query.Node) string {
 //	set with SET or set_config.
 //
 // Anything else is not keyed, "OR true" and "<>" above all: mentioning the
-// setting is not enough. The text cannot show which operator "=" is, or
-// which function current_setting: the caller must also check that the
-// policy uses no user-defined operator, function or type (pg_depend).
+// setting is not enough. Nor is an expression that calls set_config
+// anywhere: a policy could change the tenant for the rest of the
+// transaction. The text cannot show which operator "=" is, which function
+// current_setting, or a column's collation: the caller must also check
+// that the policy uses no user-defined operator, function or type and no
+// nondeterministic collation (pg_depend).
 func TenantKey(expr, setting string) (column string, ok bool) {
-	if strings.IndexByte(expr, 0) >= 0 {
+	if strings.IndexByte(expr, 0) >= 0 || strings.Contains(strings.ToLower(expr), "set_config") {
 		return "", false
 	}
 	tree, err := pg_query.Parse("SELECT WHERE " + expr)
@@ -1416,12 +1419,16 @@ func settingRead(n *pg_query.Node) (string, bool) {
 	if !slices.Equal(name, []string{"current_setting"}) && !slices.Equal(name, []string{"pg_catalog", "current_setting"}) {
 		return "", false
 	}
+	if len(f.Args) == 2 && unwrapCasts(f.Args[1]).GetAConst() == nil {
+		return "", false // missing_ok must be a constant
+	}
 	return constString(unwrapCasts(f.Args[0]))
 }
 
-// exactCasts are the types a tenant id may be cast to: their input
-// functions map distinct tenants to distinct values, without truncating
-// (char, varchar(n), name) or folding (bool).
+// exactCasts are the types a tenant id may be cast to: they do not
+// truncate (char, varchar(n), name) or fold many ids into few (bool). uuid
+// and the integers still read several spellings as one value ('7' and
+// '07'): tenant ids must be written canonically (README).
 var exactCasts = map[string]bool{"text": true, "varchar": true, "uuid": true, "int2": true, "int4": true, "int8": true}
 
 // castType names a cast's target type as pg_catalog does ("int4" for

@@ -52,12 +52,18 @@ WHERE p.polpermissive
     WHERE pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER')))
   AND CASE WHEN e.reads THEN p.polcmd IN ('*', 'r', 'w', 'd') ELSE p.polcmd IN ('*', 'a', 'w') END`
 
-	// policyUsesUserObjects: policy p uses an operator, function or type
-	// that is not built in (PostgreSQL records no dependency on those).
+	// policyUsesUserObjects: policy p uses an operator, function, type or
+	// collation that is not built in (PostgreSQL records no dependency on
+	// those), or a column whose collation is nondeterministic (its "=" may
+	// ignore case or accents: tenant acme would match ACME's rows).
 	policyUsesUserObjects = `EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
          WHERE d.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass AND d.objid = p.oid
-           AND d.refclassid IN ('pg_catalog.pg_operator'::pg_catalog.regclass,
-             'pg_catalog.pg_proc'::pg_catalog.regclass, 'pg_catalog.pg_type'::pg_catalog.regclass))`
+           AND (d.refclassid IN ('pg_catalog.pg_operator'::pg_catalog.regclass, 'pg_catalog.pg_proc'::pg_catalog.regclass,
+                  'pg_catalog.pg_type'::pg_catalog.regclass, 'pg_catalog.pg_collation'::pg_catalog.regclass)
+             OR d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjsubid > 0 AND EXISTS (
+                  SELECT 1 FROM pg_catalog.pg_attribute a
+                  JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation
+                  WHERE a.attrelid = d.refobjid AND a.attnum = d.refobjsubid AND NOT co.collisdeterministic)))`
 
 	// What views and materialized views read and call, from their rewrite
 	// rules' dependencies.
@@ -169,6 +175,10 @@ func LoadCatalog(ctx context.Context, conn *pgconn.PgConn, tenantSetting string)
 	if err != nil {
 		return nil, fmt.Errorf("load search path: %w", err)
 	}
+	// Keys are "schema.name", so a."b.c" and "a.b".c share one. Such a key
+	// is ambiguous: the policy cannot tell which relation a text names, so
+	// it stands for an unprotected table, which tenants are refused.
+	ambiguous := map[string]bool{}
 	err = query(ctx, conn, relationsQuery, nil, func(row [][]byte) {
 		r := &policy.Relation{
 			Schema:           string(row[0]),
@@ -179,6 +189,9 @@ func LoadCatalog(ctx context.Context, conn *pgconn.PgConn, tenantSetting string)
 			TenantColumn:     isTrue(row[5]),
 			SecurityInvoker:  isTrue(row[6]),
 			IsPartition:      isTrue(row[7]),
+		}
+		if cat.Relations[r.Key()] != nil {
+			ambiguous[r.Key()] = true
 		}
 		cat.Relations[r.Key()] = r
 	})
@@ -210,6 +223,10 @@ func LoadCatalog(ctx context.Context, conn *pgconn.PgConn, tenantSetting string)
 		if r := cat.Relations[key]; r != nil {
 			r.TenantPolicy = k.ok
 		}
+	}
+	for key := range ambiguous {
+		r := cat.Relations[key]
+		*r = policy.Relation{Schema: r.Schema, Name: r.Name, Kind: 'r'}
 	}
 	err = query(ctx, conn, viewDepsQuery, nil, func(row [][]byte) {
 		v := cat.Relations[string(row[0])]

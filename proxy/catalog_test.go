@@ -49,6 +49,21 @@ CREATE OPERATOR public.= (LEFTARG = text, RIGHTARG = varchar, FUNCTION = pol.alw
 SELECT pol.tenant_table('user_operator', 'tenant_id = current_setting(''app.current_tenant_id'')::varchar', NULL);
 CREATE FUNCTION public.current_setting(varchar) RETURNS text LANGUAGE sql STABLE AS $f$SELECT 'acme'::text$f$;
 SELECT pol.tenant_table('user_function', 'tenant_id = current_setting(''app.current_tenant_id''::varchar)', NULL);
+-- A case-insensitive column: tenant acme would see ACME's rows.
+CREATE COLLATION pol.ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+CREATE TABLE pol.ci_column (tenant_id text COLLATE pol.ci NOT NULL);
+ALTER TABLE pol.ci_column ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
+CREATE POLICY p ON pol.ci_column USING (tenant_id = current_setting('app.current_tenant_id', true));
+CREATE DOMAIN pol.ci_tenant AS text COLLATE pol.ci;
+CREATE TABLE pol.ci_domain (tenant_id pol.ci_tenant NOT NULL);
+ALTER TABLE pol.ci_domain ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
+CREATE POLICY p ON pol.ci_domain USING (tenant_id = current_setting('app.current_tenant_id', true));
+-- pol."x.y" and "pol.x".y are both "pol.x.y" to the policy.
+SELECT pol.tenant_table('x.y', 'tenant_id = current_setting(''app.current_tenant_id'', true)', NULL);
+CREATE SCHEMA "pol.x";
+GRANT USAGE ON SCHEMA "pol.x" TO pgmoat;
+CREATE TABLE "pol.x".y (tenant_id text);
+GRANT SELECT ON "pol.x".y TO pgmoat;
 `
 
 // catalogOf creates database db on the shared cluster (dropped after the
@@ -86,6 +101,8 @@ func TestCatalogTenantPolicy(t *testing.T) {
 		// Naming the setting is not enough.
 		"or_true": false, "not_equal": false, "coalesce": false, "two_policies": false,
 		"two_columns": false, "user_operator": false, "user_function": false,
+		"ci_column": false, "ci_domain": false,
+		"x.y":    false, // ambiguous
 		"nullif": true, "subquery": true, "and_more": true,
 	} {
 		rel := cat.Relations["pol."+name]
