@@ -47,11 +47,25 @@ func (s *Server) Reload(cfg *config.Config, auth Authenticator) (revoked int, er
 	s.sessionsMu.Lock()
 	defer s.sessionsMu.Unlock()
 	for c := range s.sessions {
-		if c.stale(next) && c.revoke() {
+		if c.stale(next) && c.revoke(c.userChanged()) {
 			revoked++
 		}
 	}
 	return revoked, nil
+}
+
+// RevokeTenantSessions closes every open tenant (not admin) session at its
+// next transaction boundary, as Reload does for a changed user, telling
+// the client why. It returns the number of sessions it marked.
+func (s *Server) RevokeTenantSessions(why string) (revoked int) {
+	s.sessionsMu.Lock()
+	defer s.sessionsMu.Unlock()
+	for c := range s.sessions {
+		if !c.id.Admin && c.revoke(why) {
+			revoked++
+		}
+	}
+	return revoked
 }
 
 // register adds an authenticated session to those a reload may revoke.
@@ -62,7 +76,7 @@ func (s *Server) register(c *session) {
 	s.sessionsMu.Unlock()
 	// A reload between the session's start and now did not see it.
 	if cur := s.live(); cur != c.reload.started && c.stale(cur) {
-		c.revoke()
+		c.revoke(c.userChanged())
 	}
 }
 
@@ -75,9 +89,10 @@ func (s *Server) unregister(c *session) {
 // sessionReload is a session's part in configuration reloads.
 type sessionReload struct {
 	started *liveConfig // the configuration the session authenticated with
-	// revoked: a reload removed or changed the session's user; the session
-	// ends at its next transaction boundary.
+	// revoked: the session ends at its next transaction boundary, for the
+	// reason in why (set first).
 	revoked atomic.Bool
+	why     atomic.Pointer[string]
 }
 
 // stale reports whether next no longer has the user the session
@@ -104,12 +119,14 @@ func findUser(users []config.User, name string) (config.User, bool) {
 }
 
 // revoke marks the session to end at its next transaction boundary, and
-// ends it now if it is there. It reports false if it was already marked.
-func (c *session) revoke() bool {
+// ends it now if it is there; why is for the client and the log. It reports
+// false if it was already marked.
+func (c *session) revoke(why string) bool {
+	c.reload.why.CompareAndSwap(nil, &why)
 	if !c.reload.revoked.CompareAndSwap(false, true) {
 		return false
 	}
-	c.log.Info("configuration reload removed or changed the user; closing the session at its next transaction boundary")
+	c.log.Info("closing the session at its next transaction boundary", "reason", *c.reload.why.Load())
 	c.closeIfRevoked()
 	// A client that keeps its transaction open does not keep its revoked
 	// identity: it ends at the drain deadline, as at shutdown.
@@ -128,12 +145,21 @@ func (c *session) closeIfRevoked() {
 	}
 }
 
+// userChanged is why a reload revokes a session whose user changed.
+func (c *session) userChanged() string {
+	return fmt.Sprintf("pgmoat configuration reload removed or changed user %q", c.id.User)
+}
+
 // revokedError is what a revoked session's client is told: PostgreSQL's
 // SQLSTATE for a connection terminated by an administrator.
 func (c *session) revokedError() error {
+	why := "pgmoat revoked the session"
+	if p := c.reload.why.Load(); p != nil {
+		why = *p
+	}
 	return &clientError{
 		code:    "57P01",
-		message: fmt.Sprintf("terminating connection due to administrator command: pgmoat configuration reload removed or changed user %q", c.id.User),
+		message: "terminating connection due to administrator command: " + why,
 		result:  ResultOK,
 	}
 }

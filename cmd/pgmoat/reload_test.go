@@ -339,3 +339,54 @@ func TestPolicyHolderSetConfig(t *testing.T) {
 		t.Errorf("plans no longer shared: violation %v, want 42501", v)
 	}
 }
+
+// TestNewPolicySettingRevokesSessions: a tenant may SET a custom setting
+// that no policy reads. When a policy starts to read it (an "OR
+// current_setting('app.x') = 'on'" switch), the catalog refresh closes the
+// open tenant sessions, which may have set it for good, and new sessions
+// may not set it.
+func TestNewPolicySettingRevokesSessions(t *testing.T) {
+	clearEnv(t)
+	c := pgtest.Shared(t)
+	ctx := context.Background()
+	t.Setenv("PGMOAT_POLICY_CATALOG_REFRESH", "100ms")
+	path := writeConfig(t, fmt.Sprintf(signalConfig, anyPort, anyPort, c.DSN("pgmoat", "pgmoat_secret", "app")))
+	rctx, cancel := context.WithCancel(ctx)
+	p := startRun(t, rctx, path)
+	t.Cleanup(func() { cancel(); <-p.done })
+
+	var acme *pgx.Conn
+	p.await(t, "login", func() (err error) {
+		acme, err = p.connect(t, "acme_app", "acme_secret")
+		return err
+	})
+	if _, err := acme.Exec(ctx, "set app.revoke_switch = 'on'"); err != nil {
+		t.Fatalf("set a setting no policy reads: %v", err)
+	}
+	if err := c.Exec(ctx, "app", `CREATE TABLE revoke_switch (tenant_id text NOT NULL);
+		ALTER TABLE revoke_switch ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
+		CREATE POLICY p ON revoke_switch USING (tenant_id = current_setting('app.current_tenant_id', true)
+			OR current_setting('app.revoke_switch', true) = 'on');
+		GRANT SELECT ON revoke_switch TO pgmoat`); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Exec(context.Background(), "app", "DROP TABLE revoke_switch") })
+
+	p.await(t, "the session closed", func() error {
+		_, err := acme.Exec(ctx, "select 1")
+		switch {
+		case err == nil:
+			return errors.New("the session is still open")
+		case sqlstate(err) != "57P01" || !strings.Contains(err.Error(), "app.revoke_switch"):
+			t.Fatalf("open session after the policy change: %v, want 57P01 naming the setting", err)
+		}
+		return nil
+	})
+	fresh, err := p.connect(t, "acme_app", "acme_secret")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fresh.Exec(ctx, "set app.revoke_switch = 'on'"); sqlstate(err) != "42501" {
+		t.Errorf("set the switch in a new session: %v, want 42501", err)
+	}
+}

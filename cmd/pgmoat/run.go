@@ -11,6 +11,7 @@ import (
 	"os"
 	"reflect"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -51,7 +52,6 @@ func runProxy(ctx context.Context, hurry <-chan struct{}, cfg *config.Config, lo
 		return fmt.Errorf("load the catalog from upstream: %w", err)
 	}
 	metrics.ObservePolicyCache(func() (uint64, uint64, int) { return pol.engine.Load().CacheStats() })
-	go pol.refreshEvery(ctx, cfg.Policy.CatalogRefresh)
 	logAudit(ctx, connector, cfg, logger)
 
 	httpLn, err := net.Listen("tcp", cfg.MetricsListen)
@@ -86,6 +86,8 @@ func runProxy(ctx context.Context, hurry <-chan struct{}, cfg *config.Config, lo
 		Database:  database,
 		TLS:       tlsConfig,
 	})
+	pol.revokeTenants = srv.RevokeTenantSessions
+	go pol.refreshEvery(ctx, cfg.Policy.CatalogRefresh)
 	rl := &reloader{src: src, log: logger, metrics: metrics, srv: srv, pol: pol, cur: cfg, auth: auth, audit: audit}
 	go rl.watch(ctx)
 	served := make(chan struct{})
@@ -113,6 +115,9 @@ type policyHolder struct {
 	metrics   *proxy.Metrics // counts refreshes
 	engine    atomic.Pointer[policy.Engine]
 	lastErr   atomic.Pointer[error]
+	// revokeTenants, if set, closes the open tenant sessions (set before
+	// any refresh but the first).
+	revokeTenants func(why string) int
 
 	refreshing sync.Mutex // one refresh at a time (periodic, SIGHUP), so lastErr is the latest's
 
@@ -160,9 +165,31 @@ func (p *policyHolder) load(ctx context.Context) error {
 			p.log.Warn("policy finding", "finding", f)
 		}
 	}
+	old := p.cat
 	p.cat = cat
 	p.engine.Store(e)
+	if added := newSettings(old, cat); len(added) > 0 && p.revokeTenants != nil {
+		// A tenant session may have set them while they were not a
+		// policy's, and SET lasts for the session: end those sessions.
+		n := p.revokeTenants(fmt.Sprintf("row-level security policies now read %s", strings.Join(added, ", ")))
+		p.log.Warn("policies read settings they did not before; open tenant sessions close at their next transaction boundary",
+			"settings", added, "sessions", n)
+	}
 	return nil
+}
+
+// newSettings lists the settings policies read in cat but not in old.
+func newSettings(old, cat *policy.Catalog) []string {
+	if old == nil {
+		return nil
+	}
+	var added []string
+	for _, s := range cat.PolicySettings {
+		if !slices.Contains(old.PolicySettings, s) {
+			added = append(added, s)
+		}
+	}
+	return added
 }
 
 // setConfig makes cfg the configuration the policy is built from. If its
