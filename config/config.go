@@ -102,8 +102,11 @@ type Policy struct {
 	Mode          string `mapstructure:"mode"`           // enforce (default) or audit
 	TenantSetting string `mapstructure:"tenant_setting"` // default app.current_tenant_id
 	// Protected tables declared in config ("schema.table" or "table" for
-	// public); they must have RLS enabled and forced with a tenant policy,
-	// or they are reported at startup and treated as unprotected.
+	// public): the operator vouches that their policies keep each tenant to
+	// its rows where pgmoat cannot read that from them (a function that
+	// returns the tenant, a citext column). They still need row-level
+	// security enabled and forced, or they are treated as unprotected; both
+	// are reported at startup.
 	Protected []string `mapstructure:"protected"`
 	// Shared tables: global, read-only unless Writable.
 	Shared []SharedTable `mapstructure:"shared"`

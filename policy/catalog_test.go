@@ -234,3 +234,25 @@ func TestTenantKey(t *testing.T) {
 		}
 	}
 }
+
+// TestDeclaredProtected: declaring a table protected vouches for policies
+// pgmoat cannot read, but not for row-level security that is off or not
+// forced.
+func TestDeclaredProtected(t *testing.T) {
+	cat := &Catalog{SearchPath: []string{"pg_catalog", "public"}, Relations: map[string]*Relation{}}
+	for _, r := range []*Relation{
+		{Schema: "public", Name: "vouched", Kind: 'r', RowSecurity: true, ForceRowSecurity: true},
+		{Schema: "public", Name: "not_forced", Kind: 'r', RowSecurity: true, TenantPolicy: true},
+		{Schema: "public", Name: "rls_off", Kind: 'r', ForceRowSecurity: true, TenantPolicy: true},
+		{Schema: "public", Name: "undeclared", Kind: 'r', RowSecurity: true, ForceRowSecurity: true},
+	} {
+		cat.Relations[r.Key()] = r
+	}
+	e := NewEngine(Rules{TenantSetting: testSetting, Protected: []string{"vouched", "not_forced", "rls_off"}}, cat, 0)
+	for name, allowed := range map[string]bool{"vouched": true, "not_forced": false, "rls_off": false, "undeclared": false} {
+		_, v := e.Check("SELECT * FROM "+name, &Session{Tenant: "acme"})
+		if (v == nil) != allowed {
+			t.Errorf("%s: violation %v, want allowed=%v", name, v, allowed)
+		}
+	}
+}

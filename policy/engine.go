@@ -288,10 +288,10 @@ func (e *Engine) computeFindings() []string {
 			out = append(out, fmt.Sprintf("declared protected table %q does not have row-level security enabled: treated as unprotected", key))
 		default:
 			if !rel.ForceRowSecurity {
-				out = append(out, fmt.Sprintf("declared protected table %q does not FORCE row-level security: its owner bypasses the policies", key))
+				out = append(out, fmt.Sprintf("declared protected table %q does not FORCE row-level security: its owner bypasses the policies; treated as unprotected", key))
 			}
 			if !rel.TenantPolicy {
-				out = append(out, fmt.Sprintf("declared protected table %q has a permissive policy that does not use %s (or none)", key, e.setting))
+				out = append(out, fmt.Sprintf("declared protected table %q has a permissive policy that pgmoat does not read as keyed on %s (or none): allowed because it is declared", key, e.setting))
 			}
 		}
 	}

@@ -91,15 +91,17 @@ func (e *Engine) resolveRelation(name string) (key string, rel *Relation, ok boo
 	return "", nil, false
 }
 
-// isProtected reports whether RLS keeps a tenant to its own rows of rel.
+// isProtected reports whether RLS keeps a tenant to its own rows of rel:
+// row-level security enabled and forced (else the table's owner, and
+// pgmoat's role if it is the owner, bypasses it), and policies pgmoat reads
+// as keyed on the tenant (TenantPolicy) or a table the operator declared
+// protected, vouching for policies pgmoat cannot read (a function that
+// returns the tenant, a citext column).
 func (e *Engine) isProtected(key string, rel *Relation) bool {
 	if rel == nil || (rel.Kind != 'r' && rel.Kind != 'p') {
 		return false
 	}
-	if rel.RowSecurity && rel.ForceRowSecurity && rel.TenantPolicy {
-		return true
-	}
-	return e.protected[key] && rel.RowSecurity
+	return rel.RowSecurity && rel.ForceRowSecurity && (rel.TenantPolicy || e.protected[key])
 }
 
 // maxViewDepth bounds the recursion through views over views.
