@@ -150,8 +150,9 @@ type AuditPolicy struct {
 	// Using and WithCheck are the expressions as pg_get_expr prints them,
 	// "" when absent.
 	Using, WithCheck string
-	// UserObjects: the policy uses an operator, function or type that is
-	// not built in, so its text may not mean what it says (TenantKey).
+	// UserObjects: the policy uses an operator, function, type or collation
+	// that is not built in, or a column with a nondeterministic collation,
+	// so its text may not mean what it says (TenantKey).
 	UserObjects bool
 }
 
@@ -482,7 +483,7 @@ func (a *auditor) policy(t *AuditTable, p *AuditPolicy, c *AuditColumn) {
 	}
 	if p.UserObjects {
 		a.add(SeverityError, CodePolicyNotKeyed, key, "",
-			"policy %s on %s uses an operator, function or type that is not PostgreSQL's own, so its text (%s) may not mean what it says: pgmoat cannot tell that it compares %s with %s; use the built-in = and current_setting",
+			"policy %s on %s uses an operator, function, type or collation that is not PostgreSQL's own, or a column with a nondeterministic collation, so its text (%s) may not mean what it says: pgmoat cannot tell that it compares %s with %s exactly; use the built-in = and current_setting on a deterministic column, or declare the table in policy.protected",
 			p.Name, key, strings.TrimSpace(p.Using+" "+p.WithCheck), a.column, a.setting)
 		return
 	}
