@@ -25,14 +25,18 @@ func clearEnv(t *testing.T) {
 // badFiles maps each testdata/*.bad.yaml to the substrings its error must
 // contain; each names the offending key.
 var badFiles = map[string][]string{
-	"unknown_key":           {"listen_addr: unknown key"},
-	"unknown_user_key":      {"users[1].passwd: unknown key"},
-	"bad_mode":              {`policy.mode: must be enforce or audit, not "permissive"`},
-	"missing_dsn":           {"upstream.dsn: required"},
-	"bad_dsn":               {"upstream.dsn: cannot parse", "invalid port"},
-	"duplicate_user":        {`users[1].name: "acme_app" is already users[0]`},
-	"tenant_quote":          {`users[0].tenant: "acme' OR '1'='1" is not a valid tenant`},
-	"missing_tenant":        {"users[1].tenant: required"},
+	"unknown_key":      {"listen_addr: unknown key"},
+	"unknown_user_key": {"users[1].passwd: unknown key"},
+	"bad_mode":         {`policy.mode: must be enforce or audit, not "permissive"`},
+	"missing_dsn":      {"upstream.dsn: required"},
+	"bad_dsn":          {"upstream.dsn: cannot parse", "invalid port"},
+	"duplicate_user":   {`users[1].name: "acme_app" is already users[0]`},
+	"tenant_quote":     {`users[0].tenant: "acme' OR '1'='1" is not a valid tenant`},
+	"missing_tenant":   {"users[1].tenant: required"},
+	"tenant_spellings": {
+		`users[2].tenant: "07" and "7" are one tenant`,
+		`users[4].tenant: "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11" and "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11" are one tenant`,
+	},
 	"two_password_sources":  {"users[0]: more than one credential is set (password, scram_verifier)"},
 	"password_and_file":     {"users[0].password_file: set together with a password"},
 	"no_password":           {"users[0]: no credential"},

@@ -160,6 +160,7 @@ func (t *TLS) validate(p *problems) {
 
 func (c *Config) validateUsers(p *problems) {
 	seen := make(map[string]int, len(c.Users))
+	spelled := map[string]string{} // tenantValue -> the first tenant with it
 	for i, u := range c.Users {
 		key := func(field string) string { return fmt.Sprintf("users[%d].%s", i, field) }
 
@@ -223,8 +224,29 @@ func (c *Config) validateUsers(p *problems) {
 			p.add(key("tenant"), "required")
 		case !tenantRE.MatchString(u.Tenant):
 			p.add(key("tenant"), "%q is not a valid tenant: want 1-63 characters from A-Z a-z 0-9 _ . : @ -, starting with a letter or digit", u.Tenant)
+		default:
+			v := tenantValue(u.Tenant)
+			if first, ok := spelled[v]; ok && first != u.Tenant {
+				p.add(key("tenant"), "%q and %q are one tenant to a policy that casts the setting to an integer or uuid: write each tenant id one way", u.Tenant, first)
+			} else if !ok {
+				spelled[v] = u.Tenant
+			}
 		}
 	}
+}
+
+// tenantValue is what a tenant id means to a policy that casts it to an
+// integer or a uuid (whose input functions accept several spellings of one
+// value: 07 and 7, upper- and lower-case hex): tenants with the same value
+// would see each other's rows. Other ids are their own value.
+func tenantValue(tenant string) string {
+	if n, err := strconv.ParseInt(tenant, 10, 64); err == nil {
+		return "int:" + strconv.FormatInt(n, 10)
+	}
+	if h := strings.ToLower(strings.ReplaceAll(tenant, "-", "")); len(h) == 32 && strings.Trim(h, "0123456789abcdef") == "" {
+		return "uuid:" + h
+	}
+	return "text:" + tenant
 }
 
 func (pol *Policy) validate(p *problems) {
