@@ -609,6 +609,20 @@ func TestMetricsCountBlocks(t *testing.T) {
 	if got := testutil.ToFloat64(p.metrics.injections); got < 1 {
 		t.Errorf("injections = %v", got)
 	}
+
+	// In an extended-protocol batch, what follows a block up to Sync never
+	// runs: it is not counted.
+	ext := p.connect(t, "acme_app", "acme_secret", pgx.QueryExecModeCacheStatement)
+	b := &pgx.Batch{}
+	b.Queue("select * from audit_raw")
+	b.Queue("select * from audit_raw where id = 1")
+	b.Queue("set app.current_tenant_id = 'globex'")
+	if err := ext.SendBatch(context.Background(), b).Close(); sqlstate(err) != "42501" {
+		t.Fatalf("batch: %v, want 42501", err)
+	}
+	if got := testutil.ToFloat64(p.metrics.statements.WithLabelValues(DecisionBlocked)); got != 3 {
+		t.Errorf("blocked statements after the batch = %v, want 3", got)
+	}
 }
 
 // TestMalformedMessages sends broken protocol and checks that the connection

@@ -395,6 +395,11 @@ func (c *session) handleClient(typ byte, msg []byte) error {
 		c.sw.Raw(msg)
 		return nil
 	}
+	if (typ == 'Q' || typ == 'P' || typ == 'F') && c.rw.Skipping() {
+		// Dropped until Sync, as the server would: not judged, counted
+		// or audited, since it never runs.
+		return nil
+	}
 	switch typ {
 	case 'Q':
 		text, err := rewrite.QueryText(msg)

@@ -147,6 +147,16 @@ func (s *Session) Status() byte {
 	return s.status
 }
 
+// Skipping reports whether the server will skip the client's next
+// extended-protocol message: an earlier message of its batch was refused or
+// failed, so everything up to Sync is dropped. The caller need not judge
+// such a message.
+func (s *Session) Skipping() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.blocked || s.discarding
+}
+
 // Idle reports whether the server owes no replies and no transaction is open.
 func (s *Session) Idle() bool {
 	s.mu.Lock()
