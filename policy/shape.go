@@ -100,9 +100,10 @@ func startsWithDML(sql string) bool {
 	for j < len(sql) && isIdentCont(sql[j]) {
 		j++
 	}
-	switch strings.ToLower(sql[i:j]) {
-	case "select", "insert", "update", "delete", "with", "values":
-		return true
+	for _, w := range [...]string{"select", "insert", "update", "delete", "with", "values"} {
+		if strings.EqualFold(sql[i:j], w) {
+			return true
+		}
 	}
 	return false
 }
