@@ -54,18 +54,25 @@ func (s *Server) Reload(cfg *config.Config, auth Authenticator) (revoked int, er
 	return revoked, nil
 }
 
-// RevokeTenantSessions closes every open tenant (not admin) session at its
-// next transaction boundary, as Reload does for a changed user, telling
-// the client why. It returns the number of sessions it marked.
-func (s *Server) RevokeTenantSessions(why string) (revoked int) {
+// EndTenantSessions ends every open tenant (not admin) session now, inside
+// a transaction or not, telling the client why (57P01); a running
+// statement is cancelled upstream. It is for a change that makes what an
+// open session may already have done unsafe from its next statement on,
+// such as a policy starting to read a setting the session may have set.
+// It returns the number of sessions it ended.
+func (s *Server) EndTenantSessions(why string) (ended int) {
 	s.sessionsMu.Lock()
 	defer s.sessionsMu.Unlock()
 	for c := range s.sessions {
-		if !c.id.Admin && c.revoke(why) {
-			revoked++
+		if c.id.Admin {
+			continue
 		}
+		c.reload.why.CompareAndSwap(nil, &why)
+		c.reload.revoked.Store(true)
+		c.reads.stop(c.revokedError())
+		ended++
 	}
-	return revoked
+	return ended
 }
 
 // register adds an authenticated session to those a reload may revoke.

@@ -340,12 +340,13 @@ func TestPolicyHolderSetConfig(t *testing.T) {
 	}
 }
 
-// TestNewPolicySettingRevokesSessions: a tenant may SET a custom setting
-// that no policy reads. When a policy starts to read it (an "OR
-// current_setting('app.x') = 'on'" switch), the catalog refresh closes the
-// open tenant sessions, which may have set it for good, and new sessions
-// may not set it.
-func TestNewPolicySettingRevokesSessions(t *testing.T) {
+// TestNewPolicySettingEndsSessions: a tenant may SET a custom setting that
+// no policy reads. When a policy starts to read it (an "OR
+// current_setting('app.x') = 'on'" switch), the catalog refresh ends the
+// open tenant sessions, which may have set it for good, at once, inside a
+// transaction too (the new policy applies from its next statement), and
+// new sessions may not set it.
+func TestNewPolicySettingEndsSessions(t *testing.T) {
 	clearEnv(t)
 	c := pgtest.Shared(t)
 	ctx := context.Background()
@@ -360,8 +361,10 @@ func TestNewPolicySettingRevokesSessions(t *testing.T) {
 		acme, err = p.connect(t, "acme_app", "acme_secret")
 		return err
 	})
-	if _, err := acme.Exec(ctx, "set app.revoke_switch = 'on'"); err != nil {
-		t.Fatalf("set a setting no policy reads: %v", err)
+	for _, sql := range []string{"set app.revoke_switch = 'on'", "begin"} {
+		if _, err := acme.Exec(ctx, sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
 	}
 	if err := c.Exec(ctx, "app", `CREATE TABLE revoke_switch (tenant_id text NOT NULL);
 		ALTER TABLE revoke_switch ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;

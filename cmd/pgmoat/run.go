@@ -86,7 +86,7 @@ func runProxy(ctx context.Context, hurry <-chan struct{}, cfg *config.Config, lo
 		Database:  database,
 		TLS:       tlsConfig,
 	})
-	pol.revokeTenants = srv.RevokeTenantSessions
+	pol.endTenants = srv.EndTenantSessions
 	go pol.refreshEvery(ctx, cfg.Policy.CatalogRefresh)
 	rl := &reloader{src: src, log: logger, metrics: metrics, srv: srv, pol: pol, cur: cfg, auth: auth, audit: audit}
 	go rl.watch(ctx)
@@ -115,9 +115,9 @@ type policyHolder struct {
 	metrics   *proxy.Metrics // counts refreshes
 	engine    atomic.Pointer[policy.Engine]
 	lastErr   atomic.Pointer[error]
-	// revokeTenants, if set, closes the open tenant sessions (set before
-	// any refresh but the first).
-	revokeTenants func(why string) int
+	// endTenants, if set, ends the open tenant sessions (set before any
+	// refresh but the first).
+	endTenants func(why string) int
 
 	refreshing sync.Mutex // one refresh at a time (periodic, SIGHUP), so lastErr is the latest's
 
@@ -168,11 +168,13 @@ func (p *policyHolder) load(ctx context.Context) error {
 	old := p.cat
 	p.cat = cat
 	p.engine.Store(e)
-	if added := newSettings(old, cat); len(added) > 0 && p.revokeTenants != nil {
+	if added := newSettings(old, cat); len(added) > 0 && p.endTenants != nil {
 		// A tenant session may have set them while they were not a
-		// policy's, and SET lasts for the session: end those sessions.
-		n := p.revokeTenants(fmt.Sprintf("row-level security policies now read %s", strings.Join(added, ", ")))
-		p.log.Warn("policies read settings they did not before; open tenant sessions close at their next transaction boundary",
+		// policy's, and SET lasts for the session; the new policy applies
+		// from its next statement, inside a transaction too: end those
+		// sessions now.
+		n := p.endTenants(fmt.Sprintf("row-level security policies now read %s", strings.Join(added, ", ")))
+		p.log.Warn("policies read settings they did not before; open tenant sessions ended",
 			"settings", added, "sessions", n)
 	}
 	return nil
