@@ -36,6 +36,8 @@ var badFiles = map[string][]string{
 	"tenant_spellings": {
 		`users[2].tenant: "07" and "7" are one tenant`,
 		`users[4].tenant: "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11" and "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11" are one tenant`,
+		`users[5].tenant: "0x7" and "7" are one tenant`,
+		`users[7].tenant: "1_000" and "1000" are one tenant`,
 	},
 	"two_password_sources":  {"users[0]: more than one credential is set (password, scram_verifier)"},
 	"password_and_file":     {"users[0].password_file: set together with a password"},

@@ -237,10 +237,22 @@ func (c *Config) validateUsers(p *problems) {
 
 // tenantValue is what a tenant id means to a policy that casts it to an
 // integer or a uuid (whose input functions accept several spellings of one
-// value: 07 and 7, upper- and lower-case hex): tenants with the same value
-// would see each other's rows. Other ids are their own value.
+// value: 07 and 7, and from PostgreSQL 16 0x7 and 1_000; upper- and
+// lower-case hex): tenants with the same value would see each other's rows.
+// Other ids are their own value.
 func tenantValue(tenant string) string {
-	if n, err := strconv.ParseInt(tenant, 10, 64); err == nil {
+	digits, base := strings.ReplaceAll(tenant, "_", ""), 10
+	if len(digits) > 2 && digits[0] == '0' {
+		switch digits[1] {
+		case 'x', 'X':
+			digits, base = digits[2:], 16
+		case 'o', 'O':
+			digits, base = digits[2:], 8
+		case 'b', 'B':
+			digits, base = digits[2:], 2
+		}
+	}
+	if n, err := strconv.ParseInt(digits, base, 64); err == nil {
 		return "int:" + strconv.FormatInt(n, 10)
 	}
 	if h := strings.ToLower(strings.ReplaceAll(tenant, "-", "")); len(h) == 32 && strings.Trim(h, "0123456789abcdef") == "" {

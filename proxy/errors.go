@@ -3,7 +3,6 @@ package proxy
 import (
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -23,13 +22,13 @@ type clientError struct {
 
 // upstreamLoginError is the client's error when pgmoat's login upstream
 // fails. The server's SQLSTATE is passed on when the client can act on it: a
-// startup parameter it sent was refused (a bad TimeZone: class 22; an
-// unknown parameter or lc_messages without the privilege: 42704, 42501),
-// with the server's message, which is about that parameter; the server is
-// out of connections (class 53) or starting or stopping (57P03), with a
-// message of pgmoat's (the server's names the upstream role). Anything
-// else, such as pgmoat's own credentials being refused, is the operator's
-// business: the client gets 08006 and the log the cause.
+// startup parameter it sent was refused (a bad TimeZone: 22023; an unknown
+// parameter or lc_messages without the privilege: 42704, 42501), with the
+// server's message, which is about that parameter; the server is out of
+// connections (53300) or starting or stopping (57P03), with a message of
+// pgmoat's (the server's names the upstream role). Anything else, such as
+// pgmoat's own credentials being refused or the server out of memory, is
+// the operator's business: the client gets 08006 and the log the cause.
 func upstreamLoginError(err error) *clientError {
 	ce := &clientError{code: "08006", message: "pgmoat: could not connect to the database server", result: ResultUpstreamError, cause: err}
 	var pe *pgconn.PgError
@@ -37,9 +36,9 @@ func upstreamLoginError(err error) *clientError {
 		return ce
 	}
 	switch {
-	case strings.HasPrefix(pe.Code, "22"), pe.Code == "42704", pe.Code == "42501":
+	case pe.Code == "22023", pe.Code == "42704", pe.Code == "42501":
 		ce.code, ce.message, ce.hint = pe.Code, pe.Message, pe.Hint
-	case strings.HasPrefix(pe.Code, "53"):
+	case pe.Code == "53300":
 		ce.code, ce.message = pe.Code, "pgmoat: the database server has no connection to spare"
 	case pe.Code == "57P03":
 		ce.code, ce.message = pe.Code, "the database system is not accepting connections"
