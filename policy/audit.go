@@ -426,7 +426,7 @@ func (a *auditor) table(t *AuditTable) {
 			keyed = true
 		}
 	}
-	if !keyed {
+	if !keyed && !a.vouched(t) {
 		expr := a.tenantExpr(c)
 		a.add(SeverityError, CodeNoTenantPolicy, key,
 			fmt.Sprintf("CREATE POLICY %s ON %s FOR ALL\n    USING (%s)\n    WITH CHECK (%s);", quoteIdent(a.policyName(t)), qt, expr, expr),
@@ -460,6 +460,25 @@ func (a *auditor) exprKeyed(expr string) bool {
 	return ok && col == a.column
 }
 
+// vouched: t is declared in policy.protected and every permissive policy
+// for the application role (one at least) is keyed or unreadable (user
+// objects), none plainly wrong: pgmoat trusts such a table's policies.
+func (a *auditor) vouched(t *AuditTable) bool {
+	if !a.protected[t.Key()] {
+		return false
+	}
+	n := 0
+	for i := range t.Policies {
+		if p := &t.Policies[i]; p.Permissive && p.AppliesToRole {
+			if !p.UserObjects && !a.policyKeyed(p) {
+				return false
+			}
+			n++
+		}
+	}
+	return n > 0
+}
+
 // policyKeyed: the policy has an expression and each of them is keyed.
 func (a *auditor) policyKeyed(p *AuditPolicy) bool {
 	if p.Using == "" && p.WithCheck == "" || p.UserObjects {
@@ -482,9 +501,13 @@ func (a *auditor) policy(t *AuditTable, p *AuditPolicy, c *AuditColumn) {
 		return
 	}
 	if p.UserObjects {
-		a.add(SeverityError, CodePolicyNotKeyed, key, "",
-			"policy %s on %s uses an operator, function, type or collation that is not PostgreSQL's own, or a column with a nondeterministic collation, so its text (%s) may not mean what it says: pgmoat cannot tell that it compares %s with %s exactly; use the built-in = and current_setting on a deterministic column, or declare the table in policy.protected",
-			p.Name, key, strings.TrimSpace(p.Using+" "+p.WithCheck), a.column, a.setting)
+		sev, then := SeverityError, "use the built-in = and current_setting on a deterministic column, or declare the table in policy.protected"
+		if a.vouched(t) {
+			sev, then = SeverityWarning, "the table is declared in policy.protected, so pgmoat trusts its policies: make sure they keep each tenant to its rows"
+		}
+		a.add(sev, CodePolicyNotKeyed, key, "",
+			"policy %s on %s uses an operator, function, type or collation that is not PostgreSQL's own, or a column with a nondeterministic collation, so its text (%s) may not mean what it says: pgmoat cannot tell that it compares %s with %s exactly; %s",
+			p.Name, key, strings.TrimSpace(p.Using+" "+p.WithCheck), a.column, a.setting, then)
 		return
 	}
 	var bad []string

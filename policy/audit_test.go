@@ -195,6 +195,30 @@ func TestAudit(t *testing.T) {
 			fixes: map[int][]string{0: {`CREATE POLICY "tenant_isolation_3" ON`}},
 		},
 		{
+			name:  "a policy pgmoat cannot read",
+			edit:  func(s *AuditSnapshot) { orders(s).Policies[0].UserObjects = true },
+			want:  []string{"error no_tenant_policy public.orders", "error policy_not_keyed public.orders"},
+			fixes: map[int][]string{1: {""}},
+		},
+		{
+			name:  "a policy pgmoat cannot read on a declared table: trusted, with a warning",
+			opts:  &AuditOptions{Protected: []string{"orders"}, Shared: []string{"plans"}},
+			edit:  func(s *AuditSnapshot) { orders(s).Policies[0].UserObjects = true },
+			want:  []string{"warning policy_not_keyed public.orders"},
+			fixes: map[int][]string{0: {""}},
+		},
+		{
+			name: "a wrong policy on a declared table is not trusted",
+			opts: &AuditOptions{Protected: []string{"orders"}, Shared: []string{"plans"}},
+			edit: func(s *AuditSnapshot) {
+				o := orders(s)
+				o.Policies[0].UserObjects = true
+				o.Policies = append(o.Policies, AuditPolicy{Name: "read_all", Permissive: true, Command: 'r', AppliesToRole: true, Using: "true"})
+			},
+			want:  []string{"error no_tenant_policy public.orders", "error policy_not_keyed public.orders", "error policy_not_keyed public.orders"},
+			fixes: map[int][]string{1: {""}, 2: {""}},
+		},
+		{
 			name: "policies not keyed on the tenant",
 			edit: func(s *AuditSnapshot) {
 				o := orders(s)
