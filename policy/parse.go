@@ -1428,7 +1428,8 @@ func settingRead(n *pg_query.Node) (string, bool) {
 // exactCasts are the types a tenant id may be cast to: they do not
 // truncate (char, varchar(n), name) or fold many ids into few (bool). uuid
 // and the integers still read several spellings as one value ('7' and
-// '07'): tenant ids must be written canonically (README).
+// '07'), which is why configuration validation refuses two spellings of
+// one value.
 var exactCasts = map[string]bool{"text": true, "varchar": true, "uuid": true, "int2": true, "int4": true, "int8": true}
 
 // castType names a cast's target type as pg_catalog does ("int4" for
