@@ -84,6 +84,10 @@ WHERE ` + userSchema + `
                     AND e.objid = p.oid AND e.deptype = 'e')`
 )
 
+// tableKey identifies a table by schema and name. Not "schema.name":
+// a."b.c" and "a.b".c would share it, and one would hide the other.
+func tableKey(schema, name []byte) string { return string(schema) + "\x00" + string(name) }
+
 // LoadAuditSnapshot reads what `pgmoat check` audits. conn must be
 // authenticated as pgmoat's upstream role: the snapshot describes that
 // role's view of the database. tenantColumn is the tenant column's name
@@ -113,12 +117,13 @@ func LoadAuditSnapshot(ctx context.Context, conn *pgconn.PgConn, tenantColumn st
 	var tableOrder, viewOrder []string
 	err = query(ctx, conn, auditRelationsQuery, col, func(row [][]byte) {
 		schema, name, kind := string(row[0]), string(row[1]), row[2][0]
-		key := schema + "." + name
 		if kind == 'v' {
+			key := schema + "." + name // as viewDepsQuery names views
 			views[key] = &policy.AuditView{Schema: schema, Name: name, Owner: string(row[3]), SecurityInvoker: isTrue(row[7])}
 			viewOrder = append(viewOrder, key)
 			return
 		}
+		key := tableKey(row[0], row[1])
 		t := &policy.AuditTable{
 			Schema: schema, Name: name, Kind: kind, Owner: string(row[3]),
 			OwnedByRole: isTrue(row[4]), RowSecurity: isTrue(row[5]), ForceRowSecurity: isTrue(row[6]),
@@ -133,7 +138,7 @@ func LoadAuditSnapshot(ctx context.Context, conn *pgconn.PgConn, tenantColumn st
 		return nil, fmt.Errorf("load relations: %w", err)
 	}
 	err = query(ctx, conn, auditChecksQuery, col, func(row [][]byte) {
-		if t := tables[string(row[0])+"."+string(row[1])]; t != nil && t.Tenant != nil {
+		if t := tables[tableKey(row[0], row[1])]; t != nil && t.Tenant != nil {
 			t.Tenant.Checks = append(t.Tenant.Checks, string(row[2]))
 		}
 	})
@@ -141,7 +146,7 @@ func LoadAuditSnapshot(ctx context.Context, conn *pgconn.PgConn, tenantColumn st
 		return nil, fmt.Errorf("load check constraints: %w", err)
 	}
 	err = query(ctx, conn, auditPoliciesQuery, nil, func(row [][]byte) {
-		if t := tables[string(row[0])+"."+string(row[1])]; t != nil {
+		if t := tables[tableKey(row[0], row[1])]; t != nil {
 			t.Policies = append(t.Policies, policy.AuditPolicy{
 				Name: string(row[2]), Permissive: isTrue(row[3]), Command: row[4][0],
 				AppliesToRole: isTrue(row[5]), Using: string(row[6]), WithCheck: string(row[7]), UserObjects: isTrue(row[8]),

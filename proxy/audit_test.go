@@ -229,3 +229,37 @@ func TestAuditDatabase(t *testing.T) {
 		}
 	})
 }
+
+// TestAuditDottedNames: a."b.c" and "a.b".c are two tables to the audit,
+// though "schema.name" would name both a.b.c.
+func TestAuditDottedNames(t *testing.T) {
+	c := pgtest.Shared(t)
+	createAuditDB(t, c, "audit_dots", `
+CREATE SCHEMA a;
+CREATE SCHEMA "a.b";
+CREATE TABLE a."b.c" (tenant_id text NOT NULL);
+ALTER TABLE a."b.c" ENABLE ROW LEVEL SECURITY;
+CREATE TABLE "a.b".c (tenant_id text);
+GRANT USAGE ON SCHEMA a, "a.b" TO pgmoat;
+`)
+	ctx := context.Background()
+	conn, err := pgconn.Connect(ctx, c.DSN("pgmoat", "pgmoat_secret", "audit_dots"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	snap, err := LoadAuditSnapshot(ctx, conn, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, tb := range snap.Tables {
+		if tb.Schema == "a" || tb.Schema == "a.b" {
+			got = append(got, fmt.Sprintf("%s|%s rls=%v notnull=%v", tb.Schema, tb.Name, tb.RowSecurity, tb.Tenant != nil && tb.Tenant.NotNull))
+		}
+	}
+	slices.Sort(got)
+	if want := []string{"a.b|c rls=false notnull=false", "a|b.c rls=true notnull=true"}; !slices.Equal(got, want) {
+		t.Errorf("tables %q, want %q", got, want)
+	}
+}
