@@ -96,8 +96,9 @@ func (s *Server) unregister(c *session) {
 // sessionReload is a session's part in configuration reloads.
 type sessionReload struct {
 	started *liveConfig // the configuration the session authenticated with
-	// revoked: the session ends at its next transaction boundary, for the
-	// reason in why (set first).
+	// revoked: the session is to end, at its next transaction boundary
+	// (revoke) or at once (EndTenantSessions), for the reason in why (set
+	// first).
 	revoked atomic.Bool
 	why     atomic.Pointer[string]
 }
