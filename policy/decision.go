@@ -29,6 +29,10 @@ const (
 	DropsPrepared
 )
 
+// ReservedPrefix starts every prepared statement and portal name pgmoat
+// uses itself; tenants may not use such names (ReasonReservedName).
+const ReservedPrefix = "pgmoat_"
+
 // Unknown is the class of a statement pgmoat has not seen (a prepared
 // statement name it does not know): assume the worst.
 const Unknown = NeedsTenant | EndsTxn | DropsPrepared

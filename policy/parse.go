@@ -414,13 +414,11 @@ func nodeName(n *pg_query.Node) string {
 }
 
 func (a *analysis) reserved(what, name string) {
-	if len(name) >= len(reservedPrefix) && strings.EqualFold(name[:len(reservedPrefix)], reservedPrefix) {
+	if len(name) >= len(ReservedPrefix) && strings.EqualFold(name[:len(ReservedPrefix)], ReservedPrefix) {
 		a.fail(newViolation(ReasonReservedName, name,
 			fmt.Sprintf("pgmoat: %s name %q is reserved for pgmoat", what, name), "choose a name that does not start with pgmoat_"), -1)
 	}
 }
-
-const reservedPrefix = "pgmoat_"
 
 func (a *analysis) checkSet(s *pg_query.VariableSetStmt) {
 	var kind setKind

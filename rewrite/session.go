@@ -33,11 +33,7 @@ import (
 	"github.com/pgmoat/pgmoat/policy"
 )
 
-// reservedPrefix starts every statement and portal name pgmoat uses itself.
-// The policy refuses client names with it.
-const reservedPrefix = "pgmoat_"
-
-const injectName = reservedPrefix + "tenant"
+const injectName = policy.ReservedPrefix + "tenant"
 
 // Config is what a Session needs to know about its client.
 type Config struct {
@@ -284,7 +280,7 @@ func (s *Session) Parse(dst, msg []byte, name string, d *policy.Decision, v *pol
 		return dst
 	}
 	s.inBatch = true
-	if v == nil && strings.HasPrefix(name, reservedPrefix) {
+	if v == nil && strings.HasPrefix(name, policy.ReservedPrefix) {
 		v = reserved([]byte(name))
 	}
 	if v != nil {
@@ -532,7 +528,7 @@ func (s *Session) failure(v *policy.Violation, sql string) *failure {
 // reserved refuses client use of pgmoat's own statement and portal names.
 func reserved(names ...[]byte) *policy.Violation {
 	for _, n := range names {
-		if strings.HasPrefix(string(n), reservedPrefix) {
+		if strings.HasPrefix(string(n), policy.ReservedPrefix) {
 			return &policy.Violation{
 				Reason:   policy.ReasonReservedName,
 				Object:   string(n),
