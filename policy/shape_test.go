@@ -55,6 +55,12 @@ func TestShapeCacheAgreesOnCorpus(t *testing.T) {
 	for _, sql := range texts {
 		for _, s := range []*Session{{Tenant: "acme"}, {Tenant: "acme", ReadOnly: true}} {
 			d1, v1 := cached.Check(sql, s)
+			if d, v, ok := cached.Lookup(sql, s); ok {
+				// Lookup must answer exactly as Check, when it answers.
+				if d != d1 && (len(d.Stmts) != 1 || len(d1.Stmts) != 1 || d.Stmts[0] != d1.Stmts[0]) || v != v1 && (v == nil || v1 == nil || v.Reason != v1.Reason) {
+					t.Errorf("%q: Lookup %+v %v, Check %+v %v", sql, d.Stmts, v, d1.Stmts, v1)
+				}
+			}
 			d2, v2 := plain.Check(sql, s)
 			if (v1 == nil) != (v2 == nil) || v1 != nil && v1.Reason != v2.Reason {
 				t.Errorf("%q: cached %v, fresh %v", sql, v1, v2)
@@ -69,6 +75,42 @@ func TestShapeCacheAgreesOnCorpus(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// TestLookup: Lookup answers a cached text and a new text of a known shape
+// without parsing, and nothing else.
+func TestLookup(t *testing.T) {
+	e := NewEngine(demoRules(), demoCatalog(t), 100)
+	s := &Session{Tenant: "acme"}
+	const first, second = "SELECT * FROM orders WHERE id = 1", "SELECT * FROM orders WHERE id = 2"
+	if _, _, ok := e.Lookup(first, s); ok {
+		t.Fatalf("Lookup answered %q before any analysis", first)
+	}
+	e.Check(first, s)
+	for _, sql := range []string{first, second} {
+		d, v, ok := e.Lookup(sql, s)
+		if !ok || v != nil || len(d.Stmts) != 1 || d.Stmts[0].End != len(sql) {
+			t.Errorf("Lookup(%q) = %+v, %v, %v; want the shape's decision", sql, d, v, ok)
+		}
+	}
+	// A refused text is cached by text, and Lookup refuses it too.
+	const refused = "SELECT * FROM pg_authid"
+	_, want := e.Check(refused, s)
+	if _, v, ok := e.Lookup(refused, s); !ok || v == nil || v.Reason != want.Reason {
+		t.Errorf("Lookup(%q) = %v, %v; want %v", refused, v, ok, want)
+	}
+	for _, sql := range []string{
+		"SELECT * FROM orders WHERE id = 1 AND amount > 3", // a new shape
+		"SELECT * FROM orders WHERE id = $$1$$",            // scanShape gives up on dollar quotes
+		"SELECT 1\x00",
+	} {
+		if _, _, ok := e.Lookup(sql, s); ok {
+			t.Errorf("Lookup answered %q, which needs a parse", sql)
+		}
+	}
+	if _, _, ok := NewEngine(demoRules(), demoCatalog(t), 0).Lookup(first, s); ok {
+		t.Error("Lookup answered without a cache")
 	}
 }
 
