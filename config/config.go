@@ -10,6 +10,7 @@ import "time"
 type Config struct {
 	Listen        string   `mapstructure:"listen"`         // client listener, default 127.0.0.1:6432
 	MetricsListen string   `mapstructure:"metrics_listen"` // /metrics, /healthz, /readyz; default 127.0.0.1:9930
+	Relay         string   `mapstructure:"relay"`          // RelayLoop (default) or RelayGoroutines
 	Upstream      Upstream `mapstructure:"upstream"`
 	TLS           TLS      `mapstructure:"tls"`
 	Users         []User   `mapstructure:"users"`
@@ -47,6 +48,18 @@ type TLS struct {
 	// Require refuses clients that do not ask for TLS (SQLSTATE 28000).
 	Require bool `mapstructure:"require"`
 }
+
+// Relay modes, the values of Config.Relay.
+const (
+	// RelayLoop relays plaintext tenant sessions on event loops, a few OS
+	// threads waiting in epoll, as PgBouncer does; TLS and admin sessions,
+	// and every session on a machine with one CPU or other than Linux,
+	// relay with goroutines.
+	RelayLoop = "loop"
+	// RelayGoroutines relays every session with two goroutines on Go's
+	// netpoller.
+	RelayGoroutines = "goroutines"
+)
 
 // Client authentication methods, the values of User.Auth.
 const (

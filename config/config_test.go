@@ -28,6 +28,7 @@ var badFiles = map[string][]string{
 	"unknown_key":      {"listen_addr: unknown key"},
 	"unknown_user_key": {"users[1].passwd: unknown key"},
 	"bad_mode":         {`policy.mode: must be enforce or audit, not "permissive"`},
+	"bad_relay":        {`relay: must be loop or goroutines, not "threads"`},
 	"missing_dsn":      {"upstream.dsn: required"},
 	"bad_dsn":          {"upstream.dsn: cannot parse", "invalid port"},
 	"duplicate_user":   {`users[1].name: "acme_app" is already users[0]`},
@@ -136,6 +137,7 @@ func TestLoadDefaults(t *testing.T) {
 	}{
 		{"listen", cfg.Listen, "127.0.0.1:6432"},
 		{"metrics_listen", cfg.MetricsListen, "127.0.0.1:9930"},
+		{"relay", cfg.Relay, RelayLoop},
 		{"upstream.connect_timeout", cfg.Upstream.ConnectTimeout, 10 * time.Second},
 		{"policy.mode", cfg.Policy.Mode, ModeEnforce},
 		{"policy.tenant_setting", cfg.Policy.TenantSetting, "app.current_tenant_id"},

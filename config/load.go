@@ -25,6 +25,7 @@ const EnvPrefix = "PGMOAT"
 var defaults = map[string]any{
 	"listen":                        "127.0.0.1:6432",
 	"metrics_listen":                "127.0.0.1:9930",
+	"relay":                         RelayLoop,
 	"upstream.connect_timeout":      10 * time.Second,
 	"policy.mode":                   ModeEnforce,
 	"policy.tenant_setting":         "app.current_tenant_id",

@@ -54,6 +54,10 @@ func (c *Config) Validate() error {
 		p.add("metrics_listen", "must differ from listen (%s)", c.Listen)
 	}
 
+	if c.Relay != RelayLoop && c.Relay != RelayGoroutines {
+		p.add("relay", "must be %s or %s, not %q", RelayLoop, RelayGoroutines, c.Relay)
+	}
+
 	c.Upstream.validate(&p)
 	c.TLS.validate(&p)
 	c.validateUsers(&p)

@@ -155,8 +155,22 @@ func wantOnly(t *testing.T, got []string, tenant string) {
 	}
 }
 
+// relays are the relay modes; on Linux, sessions run on event loops by
+// default.
+var relays = []string{config.RelayLoop, config.RelayGoroutines}
+
+// startRelayProxy is startProxy with the given relay mode.
+func startRelayProxy(t *testing.T, relay string) *testProxy {
+	return startProxy(t, func(c *config.Config) { c.Relay = relay })
+}
+
 func TestIsolationEveryMode(t *testing.T) {
-	p := startProxy(t, nil)
+	for _, relay := range relays {
+		t.Run(relay, func(t *testing.T) { testIsolationEveryMode(t, startRelayProxy(t, relay)) })
+	}
+}
+
+func testIsolationEveryMode(t *testing.T, p *testProxy) {
 	for _, mode := range modes {
 		t.Run(mode.String(), func(t *testing.T) {
 			for _, u := range []struct{ user, pass, tenant string }{{"acme_app", "acme_secret", "acme"}, {"globex_app", "globex_secret", "globex"}} {

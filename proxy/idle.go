@@ -15,8 +15,9 @@ var errIdleTimeout = errors.New("idle session timeout")
 // readStop lets other goroutines end the client relay: shutdown, the idle
 // timeout and a reload's revocation move the client connection's read
 // deadline to now, and clientToServer, whose read then fails with a timeout,
-// asks cause why. The first reason wins and the deadline is never moved
-// back, so no mechanism can undo another.
+// asks cause why; on an event loop they post to the loop instead
+// (redirect). The first reason wins and the deadline is never moved back,
+// so no mechanism can undo another.
 //
 // It is also a gate: the client relay holds it (enter/leave) from reading a
 // message until the message is in the rewrite state, and stopIf decides
@@ -24,12 +25,25 @@ var errIdleTimeout = errors.New("idle session timeout")
 // already read, which would otherwise go upstream and run while its client
 // is told the session ended. Safe for concurrent use.
 type readStop struct {
-	mu     sync.Mutex
-	conn   net.Conn
-	reason error
+	mu        sync.Mutex
+	interrupt func() // makes the relay's pending and future client reads end
+	reason    error
 }
 
-func newReadStop(conn net.Conn) *readStop { return &readStop{conn: conn} }
+func newReadStop(conn net.Conn) *readStop {
+	return &readStop{interrupt: func() { conn.SetReadDeadline(time.Now()) }}
+}
+
+// redirect replaces how reads are interrupted; if reads were stopped
+// already, interrupt runs at once.
+func (r *readStop) redirect(interrupt func()) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.interrupt = interrupt
+	if r.reason != nil {
+		interrupt()
+	}
+}
 
 // stop makes the relay's pending and future client reads fail; reason is
 // what cause reports, unless an earlier stop gave one.
@@ -39,7 +53,7 @@ func (r *readStop) stop(reason error) {
 	if r.reason == nil {
 		r.reason = reason
 	}
-	r.conn.SetReadDeadline(time.Now())
+	r.interrupt()
 }
 
 // stopIf is stop, if cond (evaluated under the gate) holds.
@@ -48,7 +62,7 @@ func (r *readStop) stopIf(reason error, cond func() bool) {
 	defer r.mu.Unlock()
 	if r.reason == nil && cond() {
 		r.reason = reason
-		r.conn.SetReadDeadline(time.Now())
+		r.interrupt()
 	}
 }
 

@@ -55,6 +55,26 @@ type session struct {
 	// sent yet, so the session is not idle even if its last ReadyForQuery
 	// has been seen (ending it then would cut off the end of its results).
 	unflushed atomic.Bool
+
+	// onLoop: the relay runs on an event loop (looprelay.go), where
+	// decide answers only what it can without parsing; decided is a
+	// decision made for it elsewhere, for the message it relays again.
+	onLoop  bool
+	decided *decision
+}
+
+// errParseLater is what session.decide returns on an event loop for a
+// text that it could answer only by parsing it.
+type errParseLater struct{ sql string }
+
+func (e *errParseLater) Error() string { return "policy decision needs a parse" }
+
+// decision is a policy decision about one text, and how long it took.
+type decision struct {
+	sql  string
+	d    *policy.Decision
+	v    *policy.Violation
+	took time.Duration
 }
 
 // Send and Flush and Next make session an authConn for the authenticator.
@@ -292,21 +312,24 @@ func (c *session) refuseAuth(ae *AuthError) error {
 	return c.refuse(&clientError{code: ae.SQLState, message: ae.Message, result: ResultAuthFailed, cause: ae})
 }
 
-// relay runs one goroutine per direction; the first error ends both.
+// relay relays messages both ways until either side or pgmoat ends the
+// session, on an event loop where it can, with goroutines otherwise.
 func (c *session) relay(ctx context.Context) error {
 	c.startIdleTimer()
 	defer c.idleTimer.stop()
-	errc := make(chan error, 2)
-	go func() { errc <- c.clientToServer() }()
-	go func() { errc <- c.serverToClient() }()
 	stop := context.AfterFunc(ctx, func() { c.shutdown(c.srv.shutdownGrace(ctx)) })
 	defer stop()
-	err := <-errc
-	// Unblock the other direction, whether it waits to read or to write (a
-	// client that stops reading blocks the server relay in Write).
-	c.server.Close()
-	c.conn.SetDeadline(time.Now())
-	<-errc
+	var err error
+	lr, lerr := c.startLoopRelay()
+	if lerr != nil {
+		c.log.Warn("relay with goroutines: the event loop failed", "err", lerr)
+	}
+	if lr != nil {
+		err = lr.wait()
+		defer c.conn.Close() // the connection wait made
+	} else {
+		err = c.relayGoroutines()
+	}
 	if c.reads.cause() != nil && !c.idle() {
 		// pgmoat ended the session (shutdown, revocation) inside a
 		// transaction or a statement: cancel what may still run
@@ -327,6 +350,21 @@ func (c *session) relay(ctx context.Context) error {
 		return c.refuse(&clientError{code: "08006", message: "pgmoat: the database server closed the connection", result: ResultUpstreamError, cause: err})
 	}
 	return c.refuse(err)
+}
+
+// relayGoroutines runs one goroutine per direction; the first error ends
+// both.
+func (c *session) relayGoroutines() error {
+	errc := make(chan error, 2)
+	go func() { errc <- c.clientToServer() }()
+	go func() { errc <- c.serverToClient() }()
+	err := <-errc
+	// Unblock the other direction, whether it waits to read or to write (a
+	// client that stops reading blocks the server relay in Write).
+	c.server.Close()
+	c.conn.SetDeadline(time.Now())
+	<-errc
+	return err
 }
 
 var (
@@ -360,22 +398,11 @@ func (c *session) clientToServer() error {
 			return fmt.Errorf("read client: %w", err)
 		}
 		received += len(msg)
-		c.idleTimer.touch()
-		if typ == 'X' { // Terminate
-			c.sw.Raw(msg)
-			c.sw.Flush()
-			return errClientClosed
-		}
-		if err := c.reads.enter(); err != nil {
-			return err // stopped while idle: do not start what was read
-		}
-		err = c.handleClient(typ, msg)
-		c.reads.leave()
-		if err != nil {
+		if err := c.fromClient(typ, msg); err != nil {
+			if errors.Is(err, errClientClosed) { // Terminate, which goes on
+				c.sw.Flush()
+			}
 			return err
-		}
-		if typ == 'Q' || typ == 'S' || typ == 'F' { // answered by ReadyForQuery
-			c.clock.sent(time.Now())
 		}
 		if !c.cr.HasMessage() || c.sw.Len() >= flushSize {
 			m.ClientBytesReceived(received)
@@ -386,6 +413,28 @@ func (c *session) clientToServer() error {
 			c.cr.shrink()
 		}
 	}
+}
+
+// fromClient relays one client message into c.sw. Terminate goes there
+// too, and returns errClientClosed.
+func (c *session) fromClient(typ byte, msg []byte) error {
+	c.idleTimer.touch()
+	if typ == 'X' {
+		c.sw.Raw(msg)
+		return errClientClosed
+	}
+	if err := c.reads.enter(); err != nil {
+		return err // stopped while idle: do not start what was read
+	}
+	err := c.handleClient(typ, msg)
+	c.reads.leave()
+	if err != nil {
+		return err
+	}
+	if typ == 'Q' || typ == 'S' || typ == 'F' { // answered by ReadyForQuery
+		c.clock.sent(time.Now())
+	}
+	return nil
 }
 
 func (c *session) handleClient(typ byte, msg []byte) error {
@@ -407,7 +456,10 @@ func (c *session) handleClient(typ byte, msg []byte) error {
 			return protocolViolation("invalid Query message")
 		}
 		sql := string(text)
-		d, v := c.check(sql)
+		d, v, err := c.check(sql)
+		if err != nil {
+			return err
+		}
 		c.sw.buf = c.rw.Query(c.sw.buf, msg, sql, d, v)
 	case 'P':
 		name, text, err := rewrite.ParseFields(msg)
@@ -415,7 +467,10 @@ func (c *session) handleClient(typ byte, msg []byte) error {
 			return protocolViolation("invalid Parse message")
 		}
 		sql := string(text)
-		d, v := c.check(sql)
+		d, v, err := c.check(sql)
+		if err != nil {
+			return err
+		}
 		c.sw.buf = c.rw.Parse(c.sw.buf, msg, string(name), d, v)
 	case 'F':
 		v := &policy.Violation{
@@ -438,11 +493,12 @@ func (c *session) handleClient(typ byte, msg []byte) error {
 }
 
 // check asks the policy about sql and returns the violation to enforce.
-func (c *session) check(sql string) (*policy.Decision, *policy.Violation) {
+func (c *session) check(sql string) (*policy.Decision, *policy.Violation, error) {
 	o := c.srv.opts
-	start := time.Now()
-	d, v := o.Engine().Check(sql, &c.pol)
-	o.Metrics.PolicyDecision(time.Since(start))
+	d, v, err := c.decide(sql)
+	if err != nil {
+		return nil, nil, err
+	}
 	if v != nil {
 		enforced := c.enforce(d, v, sql)
 		if enforced != v && len(d.TempQualify) > 0 {
@@ -454,7 +510,7 @@ func (c *session) check(sql string) (*policy.Decision, *policy.Violation) {
 			plain.TempQualify = nil
 			d = &plain
 		}
-		return d, enforced
+		return d, enforced, nil
 	}
 	o.Metrics.Statement(DecisionAllowed)
 	for _, t := range d.CreatesTemp {
@@ -463,7 +519,32 @@ func (c *session) check(sql string) (*policy.Decision, *policy.Violation) {
 		}
 		c.pol.TempTables[t] = struct{}{}
 	}
-	return d, nil
+	return d, nil, nil
+}
+
+// decide asks the policy about sql. On an event loop it answers only what
+// needs no parse: otherwise it returns *errParseLater, and the loop has the
+// decision made elsewhere and relays the message again, when decided holds
+// it.
+func (c *session) decide(sql string) (*policy.Decision, *policy.Violation, error) {
+	m := c.srv.opts.Metrics
+	if r := c.decided; r != nil && r.sql == sql {
+		c.decided = nil
+		m.PolicyDecision(r.took)
+		return r.d, r.v, nil
+	}
+	start := time.Now()
+	if c.onLoop {
+		d, v, ok := c.srv.opts.Engine().Lookup(sql, &c.pol)
+		if !ok {
+			return nil, nil, &errParseLater{sql: sql}
+		}
+		m.PolicyDecision(time.Since(start))
+		return d, v, nil
+	}
+	d, v := c.srv.opts.Engine().Check(sql, &c.pol)
+	m.PolicyDecision(time.Since(start))
+	return d, v, nil
 }
 
 // enforce counts and audits v, the first violation of the text d decides,
@@ -528,19 +609,8 @@ func (c *session) serverToClient() error {
 			}
 			return fmt.Errorf("%w: %v", errServerClosed, err)
 		}
-		if typ == 'Z' { // idleness starts here: before rw or admin records it
-			c.idleTimer.touch()
-		}
-		c.unflushed.Store(true) // before Reply can make the session idle
-		if c.rw == nil {
-			out = append(out, msg...)
-			c.admin.server(msg)
-		} else if out, err = c.rw.Reply(out, msg); err != nil {
-			// The detail is for the log; the client did nothing wrong.
-			return &clientError{code: "08006", message: "pgmoat: unexpected reply from the database server", result: ResultUpstreamError, cause: err}
-		}
-		if typ == 'Z' { // relayed to the client in any case
-			c.clock.answered()
+		if out, err = c.fromServer(typ, msg, out); err != nil {
+			return err
 		}
 		if len(out) > 0 && (!c.sr.HasMessage() || len(out) >= flushSize) {
 			c.srv.opts.Metrics.ClientBytesSent(len(out))
@@ -561,6 +631,29 @@ func (c *session) serverToClient() error {
 			c.closeIfRevoked()
 		}
 	}
+}
+
+// fromServer relays one server message: out with what the client is owed
+// of it appended.
+func (c *session) fromServer(typ byte, msg, out []byte) ([]byte, error) {
+	if typ == 'Z' { // idleness starts here: before rw or admin records it
+		c.idleTimer.touch()
+	}
+	c.unflushed.Store(true) // before Reply can make the session idle
+	if c.rw == nil {
+		out = append(out, msg...)
+		c.admin.server(msg)
+	} else {
+		var err error
+		if out, err = c.rw.Reply(out, msg); err != nil {
+			// The detail is for the log; the client did nothing wrong.
+			return out, &clientError{code: "08006", message: "pgmoat: unexpected reply from the database server", result: ResultUpstreamError, cause: err}
+		}
+	}
+	if typ == 'Z' { // relayed to the client in any case
+		c.clock.answered()
+	}
+	return out, nil
 }
 
 // shutdown ends the session for a server shutdown: the client's next read

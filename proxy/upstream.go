@@ -7,6 +7,7 @@ import (
 	"io"
 	"maps"
 	"net"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -39,6 +40,22 @@ func (s *ServerConn) Read(b []byte) (int, error) {
 		return s.Conn.Read(b)
 	}
 	return s.r.Read(b)
+}
+
+// detachable reports whether the connection's socket may be read directly,
+// bypassing Read: a plain socket (not TLS) whose pgconn reader holds nothing
+// and reads nothing in the background.
+func (s *ServerConn) detachable() bool {
+	if _, ok := s.Conn.(syscall.Conn); !ok {
+		return false
+	}
+	if s.r == nil {
+		return true
+	}
+	// pgconn's reader (internal/bgreader) reports 0 when stopped; Connect
+	// checked that its frontend buffers nothing.
+	bg, ok := s.r.(interface{ Status() int32 })
+	return ok && bg.Status() == 0
 }
 
 // cancelTarget is where a CancelRequest for this connection goes.

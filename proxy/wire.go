@@ -41,12 +41,9 @@ func (mr *msgReader) Next() (typ byte, msg []byte, err error) {
 	if err := mr.fill(5); err != nil {
 		return 0, nil, err
 	}
-	n := int(binary.BigEndian.Uint32(mr.buf[mr.start+1:]))
-	if n < 4 {
-		return 0, nil, fmt.Errorf("%w %d", errInvalidLength, n)
-	}
-	if n+1 > mr.maxLen {
-		return 0, nil, fmt.Errorf("%w: %d bytes", errMessageTooLarge, n+1)
+	n, err := mr.length()
+	if err != nil {
+		return 0, nil, err
 	}
 	if err := mr.fill(n + 1); err != nil {
 		return 0, nil, err
@@ -54,6 +51,53 @@ func (mr *msgReader) Next() (typ byte, msg []byte, err error) {
 	msg = mr.buf[mr.start : mr.start+n+1]
 	mr.start += n + 1
 	return msg[0], msg, nil
+}
+
+// length returns the buffered header's message length (the length word's
+// value), or the framing error it is.
+func (mr *msgReader) length() (int, error) {
+	n := int(binary.BigEndian.Uint32(mr.buf[mr.start+1:]))
+	if n < 4 {
+		return 0, fmt.Errorf("%w %d", errInvalidLength, n)
+	}
+	if n+1 > mr.maxLen {
+		return 0, fmt.Errorf("%w: %d bytes", errMessageTooLarge, n+1)
+	}
+	return n, nil
+}
+
+// ready reports whether Next can return a message without reading the
+// stream, or the framing error Next would return. With readOnce it frames
+// messages for the event loop, which reads only when the socket is ready.
+func (mr *msgReader) ready() (bool, error) {
+	if mr.end-mr.start < 5 {
+		return false, nil
+	}
+	n, err := mr.length()
+	return err == nil && mr.end-mr.start >= n+1, err
+}
+
+// readOnce reads from the stream once, into room made for the message
+// being received: the event loop's reader never blocks.
+func (mr *msgReader) readOnce() error {
+	if mr.start == mr.end {
+		mr.start, mr.end = 0, 0
+	}
+	if mr.start > 0 && len(mr.buf)-mr.end < len(mr.buf)/4 {
+		copy(mr.buf, mr.buf[mr.start:mr.end])
+		mr.end -= mr.start
+		mr.start = 0
+	}
+	if mr.end == len(mr.buf) {
+		// A message larger than the buffer, whose header ready checked
+		// against maxLen: grow as it arrives, as fill does.
+		grown := make([]byte, 2*len(mr.buf))
+		copy(grown, mr.buf[:mr.end])
+		mr.buf = grown
+	}
+	k, err := mr.r.Read(mr.buf[mr.end:])
+	mr.end += k
+	return err
 }
 
 // NextStartup returns the next untyped startup-phase message (StartupMessage,

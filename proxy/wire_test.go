@@ -59,6 +59,41 @@ func readMessages(r io.Reader, maxLen int) ([][]byte, error) {
 	}
 }
 
+// readMessagesLoop frames r as the event loop does (looprelay.go): one
+// Read at a time (readOnce), then every whole message buffered (ready,
+// Next). A stream that ends inside a message reports io.ErrUnexpectedEOF,
+// as Next does.
+func readMessagesLoop(r io.Reader, maxLen int) ([][]byte, error) {
+	mr := newMsgReader(r, maxLen)
+	var msgs [][]byte
+	for {
+		rerr := mr.readOnce()
+		for {
+			ok, err := mr.ready()
+			if err != nil {
+				return msgs, err
+			}
+			if !ok {
+				break
+			}
+			typ, msg, err := mr.Next()
+			if err != nil || typ != msg[0] {
+				return msgs, fmt.Errorf("Next after ready: %q, %v", typ, err)
+			}
+			msgs = append(msgs, slices.Clone(msg))
+		}
+		if rerr == io.EOF && mr.Buffered() > 0 {
+			return msgs, io.ErrUnexpectedEOF
+		}
+		if rerr != nil {
+			return msgs, rerr
+		}
+		if mr.Buffered() == 0 {
+			mr.shrink()
+		}
+	}
+}
+
 func TestWireNext(t *testing.T) {
 	pipeline := encode(t,
 		&pgproto3.Parse{Name: "s1", Query: "SELECT $1::int"},
@@ -104,6 +139,15 @@ func TestWireNext(t *testing.T) {
 				}
 				if !slices.EqualFunc(msgs, tt.want, bytes.Equal) {
 					t.Errorf("%s: got %d messages %q, want %d", rname, len(msgs), msgs, len(tt.want))
+				}
+			}
+			for rname, r := range readers(tt.stream) {
+				msgs, err := readMessagesLoop(r, tt.maxLen)
+				if !errors.Is(err, tt.err) {
+					t.Errorf("event loop, %s: err = %v, want %v", rname, err, tt.err)
+				}
+				if !slices.EqualFunc(msgs, tt.want, bytes.Equal) {
+					t.Errorf("event loop, %s: got %d messages %q, want %d", rname, len(msgs), msgs, len(tt.want))
 				}
 			}
 		})
@@ -436,6 +480,12 @@ func FuzzMessages(f *testing.F) {
 			got, err := readMessages(r, maxLen)
 			if !slices.EqualFunc(got, want, bytes.Equal) || !sameError(err, wantErr) {
 				t.Fatalf("%s: %d messages, %v; whole stream: %d messages, %v", rname, len(got), err, len(want), wantErr)
+			}
+		}
+		for rname, r := range readers(data) {
+			got, err := readMessagesLoop(r, maxLen)
+			if !slices.EqualFunc(got, want, bytes.Equal) || !sameError(err, wantErr) {
+				t.Fatalf("event loop, %s: %d messages, %v; Next: %d messages, %v", rname, len(got), err, len(want), wantErr)
 			}
 		}
 	})

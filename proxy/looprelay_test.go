@@ -1,0 +1,198 @@
+//go:build linux && (amd64 || arm64)
+
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgmoat/pgmoat/config"
+)
+
+// loopSessions is the number of sessions relayed on event loops.
+func loopSessions(t *testing.T) int64 {
+	all, err := eventLoops()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	for _, l := range all {
+		n += l.sessions.Load()
+	}
+	return n
+}
+
+// TestRelayMode: a plaintext tenant session relays on an event loop, unless
+// the configuration says goroutines; an admin session always uses
+// goroutines.
+func TestRelayMode(t *testing.T) {
+	if all, _ := eventLoops(); len(all) == 0 {
+		t.Skip("no event loops with GOMAXPROCS < 2")
+	}
+	for _, tt := range []struct {
+		relay, user, password string
+		onLoop                bool
+	}{
+		{config.RelayLoop, "acme_app", "acme_secret", true},
+		{config.RelayGoroutines, "acme_app", "acme_secret", false},
+		{config.RelayLoop, "dba", "dba_secret", false},
+	} {
+		t.Run(tt.relay+"/"+tt.user, func(t *testing.T) {
+			p := startRelayProxy(t, tt.relay)
+			before := loopSessions(t)
+			conn := p.connect(t, tt.user, tt.password, pgx.QueryExecModeSimpleProtocol)
+			var one int
+			if err := conn.QueryRow(context.Background(), "select 1").Scan(&one); err != nil {
+				t.Fatal(err)
+			}
+			if got := loopSessions(t) - before; got != map[bool]int64{true: 1, false: 0}[tt.onLoop] {
+				t.Errorf("sessions on event loops: %d more, want on loop = %v", got, tt.onLoop)
+			}
+			conn.Close(context.Background())
+			waitFor(t, func() bool { return loopSessions(t) == before })
+		})
+	}
+}
+
+// TestRelayBackpressure sends and receives far more than the sockets
+// buffer, while the client reads nothing at first: each side of the relay
+// must wait for the other's socket without losing or reordering a byte, and
+// without holding up other sessions. Each 1 MB query text is also too long
+// for the decision cache, so on an event loop its policy decision is made
+// off the loop every time.
+func TestRelayBackpressure(t *testing.T) {
+	for _, relay := range relays {
+		t.Run(relay, func(t *testing.T) {
+			p := startRelayProxy(t, relay)
+			cfg, err := pgconn.ParseConfig(p.dsn("acme_app", "acme_secret"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			fe := rawConn(t, cfg)
+			const n, size = 40, 1 << 20
+			sent := make(chan error, 1)
+			go func() {
+				// The server's first reply is 40 MB of rows; the client
+				// reads none of it until it has sent everything.
+				fe.Send(&pgproto3.Query{String: fmt.Sprintf("select repeat('y', %d) from generate_series(1, %d)", size, n)})
+				for i := range n {
+					fe.Send(&pgproto3.Query{String: fmt.Sprintf("select '%d' || '%s' as v", i, strings.Repeat("x", size))})
+				}
+				sent <- fe.Flush()
+			}()
+
+			// Meanwhile another session gets its answers.
+			other := p.connect(t, "globex_app", "globex_secret", pgx.QueryExecModeSimpleProtocol)
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			for range 3 {
+				wantOnly(t, tenantsOf(t, other, "select current_setting('app.current_tenant_id')"), "globex")
+			}
+			select {
+			case err := <-sent:
+				t.Fatalf("the client sent 40 MB before reading anything (%v): nothing filled up", err)
+			case <-time.After(200 * time.Millisecond):
+			}
+
+			bigRow := bytes.Repeat([]byte("y"), size)
+			for i := -1; i < n; i++ {
+				var got []byte
+				for done := false; !done; {
+					msg, err := fe.Receive()
+					if err != nil {
+						t.Fatalf("reply %d: %v", i, err)
+					}
+					switch m := msg.(type) {
+					case *pgproto3.DataRow:
+						if i < 0 {
+							if !bytes.Equal(m.Values[0], bigRow) {
+								t.Fatalf("row of the first reply: %d bytes, want %d y", len(m.Values[0]), size)
+							}
+							continue
+						}
+						got = bytes.Clone(m.Values[0])
+					case *pgproto3.ErrorResponse:
+						t.Fatalf("reply %d: %s %s", i, m.Code, m.Message)
+					case *pgproto3.ReadyForQuery:
+						done = true
+					}
+				}
+				if want := fmt.Sprintf("%d%s", i, strings.Repeat("x", size)); i >= 0 && string(got) != want {
+					t.Fatalf("reply %d: %d bytes starting %.10q, want %d starting %.10q", i, len(got), got, len(want), want)
+				}
+			}
+			if err := <-sent; err != nil {
+				t.Fatal(err)
+			}
+			if ctx.Err() != nil {
+				t.Fatal("the exchange took over 20 s")
+			}
+		})
+	}
+}
+
+// TestRelayParsedElsewhere pipelines statements of new shapes, whose
+// decisions the event loop has made on a goroutine, between statements it
+// answers at once: the replies come in order, each statement with its
+// tenant, and a refused one is refused.
+func TestRelayParsedElsewhere(t *testing.T) {
+	for _, relay := range relays {
+		t.Run(relay, func(t *testing.T) {
+			p := startRelayProxy(t, relay)
+			cfg, err := pgconn.ParseConfig(p.dsn("acme_app", "acme_secret"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			fe := rawConn(t, cfg)
+			var msgs []pgproto3.FrontendMessage
+			var want []string
+			for i := range 20 {
+				// A new shape (its alias), then a known one, in both protocols.
+				msgs = append(msgs, &pgproto3.Query{String: fmt.Sprintf("select current_setting('app.current_tenant_id') || '%d' as c%d", i, i)})
+				want = append(want, fmt.Sprintf("acme%d", i))
+				msgs = append(msgs, &pgproto3.Query{String: fmt.Sprintf("select current_setting('app.current_tenant_id') || '%d' as c", i)})
+				want = append(want, fmt.Sprintf("acme%d", i))
+				msgs = append(msgs,
+					&pgproto3.Parse{Query: fmt.Sprintf("select current_setting('app.current_tenant_id') || $1 as e%d", i)},
+					&pgproto3.Bind{Parameters: [][]byte{fmt.Appendf(nil, "%d", i)}},
+					&pgproto3.Execute{},
+					&pgproto3.Sync{})
+				want = append(want, fmt.Sprintf("acme%d", i))
+			}
+			msgs = append(msgs, &pgproto3.Query{String: "select tenant_id as refused_shape from orders where tenant_id = 'globex' union all select 'x' from pg_authid"})
+			want = append(want, "42501")
+			msgs = append(msgs, &pgproto3.Query{String: "select current_setting('app.current_tenant_id') as last"})
+			want = append(want, "acme")
+			for _, m := range msgs {
+				fe.Send(m)
+			}
+			if err := fe.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for len(got) < len(want) {
+				msg, err := fe.Receive()
+				if err != nil {
+					t.Fatalf("after %q: %v", got, err)
+				}
+				switch m := msg.(type) {
+				case *pgproto3.DataRow:
+					got = append(got, string(m.Values[0]))
+				case *pgproto3.ErrorResponse:
+					got = append(got, m.Code)
+				}
+			}
+			if strings.Join(got, " ") != strings.Join(want, " ") {
+				t.Errorf("replies:\n got %q\nwant %q", got, want)
+			}
+		})
+	}
+}
