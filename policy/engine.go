@@ -303,6 +303,10 @@ var noSession Session
 // nor internal.
 func (e *Engine) Findings() []string { return e.findings }
 
+// Caching reports whether the engine caches decisions (policy.cache_size
+// > 0).
+func (e *Engine) Caching() bool { return e.cache != nil }
+
 // CacheStats reports decision cache hits, misses and current entries.
 func (e *Engine) CacheStats() (hits, misses uint64, entries int) {
 	if e.cache != nil {

@@ -5,7 +5,6 @@ package proxy
 import (
 	"fmt"
 	"runtime"
-	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -145,20 +144,24 @@ func (l *eventLoop) run() {
 	runtime.LockOSThread()
 	for {
 		n := l.wait()
+		woken := false
 		for _, ev := range l.events[:n] {
 			fd := int(ev.Fd)
 			if fd == l.wake[0] {
-				l.runPosted()
+				woken = true
 				continue
 			}
 			// A descriptor unregistered earlier in this batch has no conn.
-			// Its number cannot have been registered again in between:
-			// registrations are posted, and the batch has only one wake-up
-			// event.
 			if fd < len(l.conns) && l.conns[fd] != nil {
 				c, events := l.conns[fd], ev.Events
 				dispatch(c, func() { c.ready(fd, events) })
 			}
+		}
+		// After the batch: a session that ended in it may have closed a
+		// descriptor whose number a posted registration reuses, and the
+		// batch's later events for that number are the old socket's.
+		if woken {
+			l.runPosted()
 		}
 	}
 }
@@ -169,7 +172,7 @@ func (l *eventLoop) wait() int {
 		var n uintptr
 		var e syscall.Errno
 		p := uintptr(unsafe.Pointer(&l.events[0]))
-		if l.busy {
+		if l.busy && runtime.GOMAXPROCS(0) > 1 { // Go may lower it to a container's limit
 			n, _, e = syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, uintptr(l.ep), p, epollEvents, rawWait, 0, 0)
 		} else {
 			n, _, e = syscall.Syscall6(syscall.SYS_EPOLL_PWAIT, uintptr(l.ep), p, epollEvents, ^uintptr(0) /* -1: no timeout */, 0, 0)
@@ -209,12 +212,9 @@ func (l *eventLoop) runPosted() {
 
 // dispatch runs f, code of c, and fails c if f panics.
 func dispatch(c loopConn, f func()) {
-	defer func() {
-		if p := recover(); p != nil {
-			c.fail(fmt.Errorf("panic in session: %v\n%s", p, debug.Stack()))
-		}
-	}()
-	f()
+	if err := catch(func() error { f(); return nil }); err != nil {
+		c.fail(err)
+	}
 }
 
 // add registers fd for events, delivered to c. Loop thread only.

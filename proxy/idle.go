@@ -80,6 +80,17 @@ func (r *readStop) enter() error {
 // leave releases the gate enter took.
 func (r *readStop) leave() { r.mu.Unlock() }
 
+// gated runs f holding the gate, and releases it even if f panics: an
+// event loop survives a session's panic (eventloop.go), and the gate must
+// not stay locked for the stoppers.
+func (r *readStop) gated(f func() error) error {
+	if err := r.enter(); err != nil {
+		return err
+	}
+	defer r.leave()
+	return f()
+}
+
 // cause is the reason of the first stop, or nil if reads were not stopped.
 func (r *readStop) cause() error {
 	r.mu.Lock()
@@ -205,7 +216,7 @@ func (s *adminState) idle() bool {
 // rewrite state) that sent a Sync the server ignored during COPY never looks
 // idle again; shutdown and revocation then end it at their deadline.
 func (c *session) idle() bool {
-	if c.unflushed.Load() {
+	if c.unflushed.Load() || c.parsing.Load() {
 		return false
 	}
 	if c.rw != nil {

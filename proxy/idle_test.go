@@ -35,6 +35,30 @@ func TestReadStopFirstReasonWins(t *testing.T) {
 	}
 }
 
+// TestReadStopGatePanic: a panic under the gate releases it, so that a
+// stopper does not wait forever, and redirect moves later interrupts.
+func TestReadStopGatePanic(t *testing.T) {
+	client, server := net.Pipe()
+	defer client.Close()
+	defer server.Close()
+	r := newReadStop(server)
+	func() {
+		defer func() { recover() }()
+		r.gated(func() error { panic("boom") })
+	}()
+	interrupted := make(chan struct{}, 1)
+	r.redirect(func() { interrupted <- struct{}{} })
+	r.stop(errShutdown) // blocks forever if the gate is still held
+	select {
+	case <-interrupted:
+	default:
+		t.Fatal("stop did not call the redirected interrupt")
+	}
+	if err := r.gated(func() error { return nil }); err != errShutdown {
+		t.Errorf("gated after stop = %v, want %v", err, errShutdown)
+	}
+}
+
 func TestIdleTimer(t *testing.T) {
 	t.Run("expires when idle", func(t *testing.T) {
 		expired := make(chan struct{})

@@ -54,12 +54,14 @@ type loopRelay struct {
 }
 
 // startLoopRelay moves the session's relay to an event loop, or returns nil
-// if it stays with goroutines: TLS (the loop reads raw sockets), admin
-// sessions (audited statement by statement: file writes), relay: goroutines
-// in the configuration, a single P, an upstream connection still read by
-// pgconn.
+// if it stays with goroutines: TLS (the loop reads raw sockets); admin
+// sessions, which write an audit line for every statement (a tenant's
+// blocked statement does too, on the loop, but blocks are rare); relay:
+// goroutines in the configuration; a single P; an upstream connection
+// still read by pgconn; a policy without a decision cache (every text would
+// be parsed off the loop).
 func (c *session) startLoopRelay() (*loopRelay, error) {
-	if c.tls || c.rw == nil || c.srv.opts.Config.Relay == config.RelayGoroutines || !c.server.detachable() {
+	if c.tls || c.rw == nil || c.srv.opts.Config.Relay == config.RelayGoroutines || !c.server.detachable() || !c.srv.opts.Engine().Caching() {
 		return nil, nil
 	}
 	l, err := pickLoop()
@@ -90,23 +92,41 @@ func (c *session) startLoopRelay() (*loopRelay, error) {
 	return r, nil
 }
 
-// wait returns why the relay ended, once it has, with c.conn again a
-// net.Conn for the final error and the server's socket closed.
+// wait returns why the relay ended, once it has, with the sockets given
+// back to the session as net.Conns (for the final error and the server's
+// hang-up).
 func (r *loopRelay) wait() error {
 	err := <-r.done
+	c := r.c
 	r.l.sessions.Add(-1)
-	r.c.onLoop = false
-	syscall.Close(r.sfd)
-	f := os.NewFile(uintptr(r.cfd), "client")
-	conn, ferr := net.FileConn(f) // a duplicate, in the netpoller
-	f.Close()
+	c.onLoop = false
+	if conn, ferr := fileConn(r.sfd, "server"); ferr != nil {
+		c.log.Warn("event loop: give the server socket back", "err", ferr)
+	} else {
+		c.server.Conn, c.server.r = conn, nil
+		if rest := c.sw.buf[r.serverOff:]; len(rest) > 0 && errors.Is(err, errClientClosed) {
+			// The client's last messages (Terminate) that the server's
+			// socket could not take yet still go, as the goroutines'
+			// Flush sends them.
+			conn.SetWriteDeadline(time.Now().Add(time.Second))
+			conn.Write(rest)
+		}
+	}
+	conn, ferr := fileConn(r.cfd, "client")
 	if ferr != nil {
-		r.c.log.Warn("event loop: give the client socket back", "err", ferr)
+		c.log.Warn("event loop: give the client socket back", "err", ferr)
 		return err // the final error cannot be sent: c.conn is closed
 	}
-	r.c.conn = conn
-	r.c.cw.w = conn
+	c.conn, c.cw.w = conn, conn
 	return err
+}
+
+// fileConn returns a net.Conn, in Go's netpoller, of a duplicate of fd, and
+// closes fd.
+func fileConn(fd int, name string) (net.Conn, error) {
+	f := os.NewFile(uintptr(fd), name)
+	defer f.Close()
+	return net.FileConn(f)
 }
 
 // dupFD returns a duplicate of conn's descriptor (close-on-exec,
@@ -190,6 +210,7 @@ func (r *loopRelay) end(err error) {
 		return
 	}
 	r.ended = true
+	r.c.parsing.Store(false) // a held message never goes upstream
 	r.c.srv.opts.Metrics.ClientBytesReceived(r.received)
 	r.l.remove(r.cfd, r)
 	r.l.remove(r.sfd, r)
@@ -345,7 +366,12 @@ func (r *loopRelay) hold(msg []byte, sql string) {
 			msg := r.held
 			r.held = nil
 			c.decided = res
-			if r.fromClient(msg[0], msg) {
+			relayed := r.fromClient(msg[0], msg)
+			// Not used if the message was skipped (an earlier error
+			// in its batch): it must not answer a later one.
+			c.decided = nil
+			c.parsing.Store(false)
+			if relayed {
 				r.drainClient()
 			}
 			r.update()
@@ -362,11 +388,9 @@ func (r *loopRelay) flushClient() {
 		return
 	}
 	if r.clientOff < len(r.toClient) {
-		if r.clientOff == 0 {
-			c.srv.opts.Metrics.ClientBytesSent(len(r.toClient))
-		}
 		n, err := writeSome(r.cfd, r.toClient[r.clientOff:])
 		r.clientOff += n
+		c.srv.opts.Metrics.ClientBytesSent(n)
 		if err != nil {
 			r.end(errClientClosed)
 			return

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -196,3 +197,150 @@ func TestRelayParsedElsewhere(t *testing.T) {
 		})
 	}
 }
+
+// replies reads until the given number of ReadyForQuery messages and
+// describes what came: error SQLSTATEs, command tags, and "Z".
+func replies(t *testing.T, fe *pgproto3.Frontend, readies int) []string {
+	t.Helper()
+	var got []string
+	for readies > 0 {
+		msg, err := fe.Receive()
+		if err != nil {
+			t.Fatalf("after %q: %v", got, err)
+		}
+		switch m := msg.(type) {
+		case *pgproto3.ErrorResponse:
+			got = append(got, m.Code)
+		case *pgproto3.CommandComplete:
+			got = append(got, string(m.CommandTag))
+		case *pgproto3.ReadyForQuery:
+			got = append(got, "Z")
+			readies--
+		}
+	}
+	return got
+}
+
+// TestRelayDecisionNotReused: a statement whose decision was made off the
+// loop, and which the server then skipped (an earlier statement of its
+// batch failed meanwhile), leaves nothing behind: the same text later is
+// decided afresh, here after the temporary table it reads was created.
+func TestRelayDecisionNotReused(t *testing.T) {
+	for _, relay := range relays {
+		t.Run(relay, func(t *testing.T) {
+			p := startRelayProxy(t, relay)
+			cfg, err := pgconn.ParseConfig(p.dsn("acme_app", "acme_secret"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			fe := rawConn(t, cfg)
+			// Known texts, answered on the loop: the failing statement and
+			// the DDL (decided in another session).
+			other := rawConn(t, cfg)
+			other.Send(&pgproto3.Query{String: "create temp table tt_reuse (x int)"})
+			other.Send(&pgproto3.Query{String: "select 1/0"})
+			if err := other.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			replies(t, other, 2)
+
+			// A new shape, slow to parse: the division fails on the server
+			// while it is decided.
+			in := make([]string, 40000)
+			for i := range in {
+				in[i] = fmt.Sprint(i)
+			}
+			slow := "select x from tt_reuse where x in (" + strings.Join(in, ",") + ")"
+			for _, m := range []pgproto3.FrontendMessage{
+				&pgproto3.Parse{Query: "select 1/0"}, &pgproto3.Bind{}, &pgproto3.Execute{},
+				&pgproto3.Parse{Query: slow}, &pgproto3.Bind{}, &pgproto3.Execute{},
+				&pgproto3.Sync{},
+				&pgproto3.Query{String: "create temp table tt_reuse (x int)"},
+				&pgproto3.Query{String: slow},
+			} {
+				fe.Send(m)
+			}
+			if err := fe.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			want := "22012 Z CREATE TABLE Z SELECT 0 Z"
+			if got := strings.Join(replies(t, fe, 3), " "); got != want {
+				t.Errorf("replies %q, want %q", got, want)
+			}
+		})
+	}
+}
+
+// TestTerminateAfterPipeline: a client that pipelines statements and ends
+// with Terminate, without waiting for the replies, has every statement run,
+// as PostgreSQL runs them. pgmoat must let the server read what was
+// relayed before it closes the server connection: closing a socket with
+// unread replies resets it, and the server would lose the rest.
+func TestTerminateAfterPipeline(t *testing.T) {
+	for _, relay := range relays {
+		t.Run(relay, func(t *testing.T) {
+			p := startRelayProxy(t, relay)
+			su := superuser(t, p)
+			ctx := context.Background()
+			const marker = 917273
+			su.Exec(ctx, "delete from orders where amount = $1", marker)
+			defer su.Exec(ctx, "delete from orders where amount = $1", marker)
+			cfg, err := pgconn.ParseConfig(p.dsn("acme_app", "acme_secret"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			pc, err := pgconn.ConnectConfig(ctx, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			h, err := pc.Hijack()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer h.Conn.Close()
+			h.Conn.SetDeadline(time.Now().Add(time.Minute)) // a guard, not a measurement
+
+			// Replies the server sends while pgmoat ends the session, and
+			// 3 MB of queries that keep its socket full meanwhile.
+			var b []byte
+			b, _ = (&pgproto3.Query{String: "select pg_sleep(0.1)"}).Encode(b)
+			pad := strings.Repeat("p", 20000)
+			for i := range 150 {
+				b, _ = (&pgproto3.Query{String: fmt.Sprintf("select '%s' as c%d", pad, i%3)}).Encode(b)
+			}
+			b, _ = (&pgproto3.Query{String: fmt.Sprintf("insert into orders (tenant_id, customer_id, amount) values ('acme', 1, %d)", marker)}).Encode(b)
+			b, _ = (&pgproto3.Terminate{}).Encode(b)
+			read := make(chan error, 1)
+			go func() { _, err := io.Copy(io.Discard, h.Conn); read <- err }()
+			if _, err := h.Conn.Write(b); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-read; err != nil {
+				t.Fatalf("reading until pgmoat closes: %v", err)
+			}
+			// pgmoat closed the client only after the server closed.
+			var n int
+			if err := su.QueryRow(ctx, "select count(*) from orders where amount = $1", marker).Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			if n != 1 {
+				t.Errorf("the INSERT pipelined before Terminate ran %d times, want 1", n)
+			}
+		})
+	}
+}
+
+// TestLoopSurvivesPanic: a panic in a session's code on the loop fails that
+// session only.
+func TestLoopSurvivesPanic(t *testing.T) {
+	c := &panicConn{}
+	dispatch(c, func() { panic("boom") })
+	if c.err == nil || !strings.Contains(c.err.Error(), "panic in session: boom") {
+		t.Fatalf("fail(%v), want the panic", c.err)
+	}
+}
+
+type panicConn struct{ err error }
+
+func (c *panicConn) ready(int, uint32) {}
+func (c *panicConn) fail(err error)    { c.err = err }

@@ -61,6 +61,10 @@ type session struct {
 	// decision made for it elsewhere, for the message it relays again.
 	onLoop  bool
 	decided *decision
+	// parsing: a client message waits for a decision made off the loop.
+	// The session is not idle then: the client sent a statement, which a
+	// graceful shutdown or a revocation lets finish.
+	parsing atomic.Bool
 }
 
 // errParseLater is what session.decide returns on an event loop for a
@@ -86,12 +90,22 @@ func (c *session) Next() (typ byte, msg []byte, err error) { return c.cr.Next() 
 func (c *session) Encrypted() bool                         { return c.tls }
 
 // run serves the session and returns why it ended (nil for a clean close).
-func (c *session) run(ctx context.Context) (err error) {
+func (c *session) run(ctx context.Context) error {
+	return catch(func() error { return c.serve(ctx) })
+}
+
+// catch runs f and turns a panic into its error: a bug that one session
+// runs into must not end the others.
+func catch(f func() error) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("panic in session: %v\n%s", r, debug.Stack())
 		}
 	}()
+	return f()
+}
+
+func (c *session) serve(ctx context.Context) (err error) {
 	o := c.srv.opts
 	c.conn.SetDeadline(time.Now().Add(c.reload.started.cfg.Limits.AuthTimeout))
 	st, err := c.startup()
@@ -337,6 +351,7 @@ func (c *session) relay(ctx context.Context) error {
 		// final error (a shutdown waits only so long).
 		c.cancelServer()
 	}
+	c.hangUpServer()
 	// Time to send the final error, not more.
 	c.conn.SetWriteDeadline(time.Now().Add(time.Second))
 	switch {
@@ -356,15 +371,31 @@ func (c *session) relay(ctx context.Context) error {
 // both.
 func (c *session) relayGoroutines() error {
 	errc := make(chan error, 2)
-	go func() { errc <- c.clientToServer() }()
-	go func() { errc <- c.serverToClient() }()
+	go func() { errc <- catch(c.clientToServer) }()
+	go func() { errc <- catch(c.serverToClient) }()
 	err := <-errc
 	// Unblock the other direction, whether it waits to read or to write (a
-	// client that stops reading blocks the server relay in Write).
-	c.server.Close()
+	// client that stops reading blocks the server relay in Write). The
+	// server connection stays open for hangUpServer.
+	c.server.SetDeadline(time.Now())
 	c.conn.SetDeadline(time.Now())
 	<-errc
 	return err
+}
+
+// hangUpServer closes the server connection as a client does. Closing a
+// socket whose input is unread resets the connection, and the server
+// would lose what was relayed but not read yet: a statement pipelined
+// before Terminate, or before the client went. So it stops writing, and
+// reads and discards until the server closes its end, for a second at
+// most.
+func (c *session) hangUpServer() {
+	conn := c.server.Conn
+	if hc, ok := conn.(interface{ CloseWrite() error }); ok && hc.CloseWrite() == nil {
+		conn.SetDeadline(time.Now().Add(time.Second))
+		io.Copy(io.Discard, c.server) // through pgconn's reader, which may hold bytes
+	}
+	conn.Close()
 }
 
 var (
@@ -423,12 +454,8 @@ func (c *session) fromClient(typ byte, msg []byte) error {
 		c.sw.Raw(msg)
 		return errClientClosed
 	}
-	if err := c.reads.enter(); err != nil {
-		return err // stopped while idle: do not start what was read
-	}
-	err := c.handleClient(typ, msg)
-	c.reads.leave()
-	if err != nil {
+	// If stopped while idle, what was read does not start.
+	if err := c.reads.gated(func() error { return c.handleClient(typ, msg) }); err != nil {
 		return err
 	}
 	if typ == 'Q' || typ == 'S' || typ == 'F' { // answered by ReadyForQuery
@@ -537,6 +564,7 @@ func (c *session) decide(sql string) (*policy.Decision, *policy.Violation, error
 	if c.onLoop {
 		d, v, ok := c.srv.opts.Engine().Lookup(sql, &c.pol)
 		if !ok {
+			c.parsing.Store(true) // under the read gate, as idle's callers
 			return nil, nil, &errParseLater{sql: sql}
 		}
 		m.PolicyDecision(time.Since(start))
