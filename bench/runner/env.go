@@ -440,6 +440,42 @@ func (e *env) check(ctx context.Context, t *target) error {
 	return nil
 }
 
+// clientBackends counts PostgreSQL's client backends other than its own,
+// through the superuser's Unix socket.
+func (e *env) clientBackends(ctx context.Context) (int, error) {
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	conn, err := pgconn.Connect(cctx, fmt.Sprintf("host=%s port=%d user=postgres dbname=%s", e.pgdir, e.pgPort, dbName))
+	if err != nil {
+		return 0, fmt.Errorf("count backends: %w", err)
+	}
+	defer conn.Close(context.Background())
+	n, err := queryOne(cctx, conn, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()")
+	if err != nil {
+		return 0, fmt.Errorf("count backends: %w", err)
+	}
+	return strconv.Atoi(n)
+}
+
+// awaitClientBackends waits, a minute at most, until no more than n client
+// backends are left.
+func (e *env) awaitClientBackends(ctx context.Context, n int) error {
+	deadline := time.Now().Add(time.Minute)
+	for {
+		got, err := e.clientBackends(ctx)
+		if err != nil {
+			return err
+		}
+		if got <= n {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d client backends still open a minute after the idle connections closed, want %d", got, n)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
 // queryOne runs sql (possibly several statements) in one simple Query and
 // returns the first column of the first row of its results.
 func queryOne(ctx context.Context, conn *pgconn.PgConn, sql string) (string, error) {

@@ -217,14 +217,23 @@ func runAll(ctx context.Context, o *options) error {
 		if !o.selected(t) {
 			continue
 		}
+		before, err := e.clientBackends(ctx)
+		if err != nil {
+			return err
+		}
 		logf("opening %d idle connections through %s ...", o.idleConns, t.name)
 		r, err := idleMemory(ctx, t, o.idleConns)
 		if err != nil {
 			return err
 		}
 		rep.idle = append(rep.idle, idleRow{target: t, res: r})
-		// Give the one-to-one targets' server backends time to exit.
-		time.Sleep(500 * time.Millisecond)
+		// A thousand server backends exiting at once hold up the
+		// machine for seconds (PostgreSQL's own exit work): measure
+		// nothing until they are gone.
+		if err := e.awaitClientBackends(ctx, before); err != nil {
+			return err
+		}
+		time.Sleep(500 * time.Millisecond) // the last exits' own work
 	}
 
 	cells := planCells(o, e)
