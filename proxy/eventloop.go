@@ -23,7 +23,7 @@ import (
 //
 // A raw system call keeps its P while it blocks. So the loop waits raw only
 // while events keep coming, for at most rawWait at a time; otherwise it
-// parks in Go's netpoller until its epoll descriptor is readable, holding
+// parks in Go's netpoller until its epoll descriptor has events, holding
 // neither a P nor a system call: an idle loop costs nothing. (A blocking
 // epoll_pwait would leave its P in a system call for sysmon to take away
 // and give back, over and over while other goroutines run: that cost
@@ -34,9 +34,14 @@ import (
 // Everything a loopConn does runs on the loop thread. Other goroutines
 // reach it only through post.
 type eventLoop struct {
-	ep   int             // the epoll descriptor
-	epc  syscall.RawConn // ep in Go's netpoller, for the idle wait
-	wake [2]int          // a pipe: post writes to wake[1] to end a wait
+	ep int // the epoll descriptor
+	// idle is a second epoll descriptor, in Go's netpoller, that watches
+	// ep only while the loop is idle: readable when ep has events. ep
+	// itself is not in the netpoller, which would wake a runtime thread
+	// at every event of a busy loop.
+	idle    int
+	idleRaw syscall.RawConn
+	wake    [2]int // a pipe: post writes to wake[1] to end a wait
 
 	mu     sync.Mutex
 	posted []posted
@@ -116,15 +121,16 @@ func newEventLoop() (*eventLoop, error) {
 		return nil, fmt.Errorf("event loop: epoll_create1: %w", err)
 	}
 	l := &eventLoop{ep: ep, events: make([]syscall.EpollEvent, epollEvents)}
-	// An epoll descriptor is readable while events are ready; non-blocking,
-	// os.NewFile puts it in the netpoller. It lives as long as the process.
-	if err := syscall.SetNonblock(ep, true); err != nil {
-		syscall.Close(ep)
-		return nil, fmt.Errorf("event loop: %w", err)
+	// Non-blocking, os.NewFile puts idle in the netpoller. Both live as
+	// long as the process.
+	if l.idle, err = syscall.EpollCreate1(syscall.EPOLL_CLOEXEC); err == nil {
+		if err = syscall.SetNonblock(l.idle, true); err == nil {
+			l.idleRaw, err = os.NewFile(uintptr(l.idle), "epoll").SyscallConn()
+		}
 	}
-	if l.epc, err = os.NewFile(uintptr(ep), "epoll").SyscallConn(); err != nil {
+	if err != nil {
 		syscall.Close(ep)
-		return nil, fmt.Errorf("event loop: %w", err)
+		return nil, fmt.Errorf("event loop: idle epoll: %w", err)
 	}
 	if err := syscall.Pipe2(l.wake[:], syscall.O_NONBLOCK|syscall.O_CLOEXEC); err != nil {
 		syscall.Close(ep)
@@ -189,13 +195,7 @@ func (l *eventLoop) wait() int {
 		if l.busy && runtime.GOMAXPROCS(0) > 1 { // Go may lower it to a container's limit
 			n, e = l.epollWait(rawWait)
 		} else {
-			err := l.epc.Read(func(uintptr) bool {
-				n, e = l.epollWait(0)
-				return n > 0 || e != 0 && e != syscall.EINTR // else: park until readable
-			})
-			if err != nil {
-				panic(fmt.Sprintf("event loop: wait in the netpoller: %v", err)) // a bug
-			}
+			n, e = l.idleWait()
 		}
 		switch {
 		case e == syscall.EINTR:
@@ -212,6 +212,26 @@ func (l *eventLoop) wait() int {
 			return int(n)
 		}
 	}
+}
+
+// idleWait parks the loop in Go's netpoller until ep has events, and
+// returns them.
+func (l *eventLoop) idleWait() (n uintptr, e syscall.Errno) {
+	watch := syscall.EpollEvent{Events: syscall.EPOLLIN, Fd: int32(l.ep)}
+	if err := syscall.EpollCtl(l.idle, syscall.EPOLL_CTL_ADD, l.ep, &watch); err != nil {
+		panic(fmt.Sprintf("event loop: watch for idleness: %v", err)) // a bug
+	}
+	err := l.idleRaw.Read(func(uintptr) bool {
+		n, e = l.epollWait(0)
+		return n > 0 || e != 0 && e != syscall.EINTR // else: park until readable
+	})
+	if err != nil {
+		panic(fmt.Sprintf("event loop: wait in the netpoller: %v", err)) // a bug
+	}
+	if err := syscall.EpollCtl(l.idle, syscall.EPOLL_CTL_DEL, l.ep, &watch); err != nil {
+		panic(fmt.Sprintf("event loop: end idleness: %v", err))
+	}
+	return n, e
 }
 
 // epollWait is epoll_pwait without the runtime's system-call bookkeeping;
