@@ -19,8 +19,8 @@ import (
 // fromClient and fromServer), and differs only in how it waits:
 //
 //   - The sockets leave Go's netpoller: the relay owns duplicates of their
-//     descriptors, and gives the client's back as a net.Conn when it ends
-//     (for the final error).
+//     descriptors, and gives them back as net.Conns when it ends (for the
+//     final error and the server's hang-up).
 //   - Reading one side pauses while the other side's socket cannot take
 //     what is owed to it (a client that does not read its rows stops the
 //     server's), as the goroutines block in Write.
@@ -32,7 +32,8 @@ import (
 //     the loop, which ends the relay where the goroutines' client read
 //     would fail.
 //
-// Every method runs on the loop thread, except start and wait.
+// Every method runs on the loop thread, except wait (and startLoopRelay,
+// which makes it).
 type loopRelay struct {
 	c        *session
 	l        *eventLoop
