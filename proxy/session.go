@@ -344,6 +344,11 @@ func (c *session) relay(ctx context.Context) error {
 	} else {
 		err = c.relayGoroutines()
 	}
+	if errors.Is(err, errClientClosed) && c.reads.cause() == nil {
+		c.hangUpServer() // what the client sent last still runs
+	} else {
+		c.server.Close() // pgmoat or the server ended it: nothing more runs
+	}
 	if c.reads.cause() != nil && !c.idle() {
 		// pgmoat ended the session (shutdown, revocation) inside a
 		// transaction or a statement: cancel what may still run
@@ -351,7 +356,6 @@ func (c *session) relay(ctx context.Context) error {
 		// final error (a shutdown waits only so long).
 		c.cancelServer()
 	}
-	c.hangUpServer()
 	// Time to send the final error, not more.
 	c.conn.SetWriteDeadline(time.Now().Add(time.Second))
 	switch {
@@ -383,15 +387,25 @@ func (c *session) relayGoroutines() error {
 	return err
 }
 
-// hangUpServer closes the server connection as a client does. Closing a
-// socket whose input is unread resets the connection, and the server
-// would lose what was relayed but not read yet: a statement pipelined
-// before Terminate, or before the client went. So it stops writing, and
-// reads and discards until the server closes its end, for a second at
-// most.
+// hangUpServer closes the server connection after the client ended the
+// session, as a client does. Closing a socket whose input is unread resets
+// the connection, and the server would lose what was relayed but not read
+// yet: a statement pipelined before Terminate, or before the client went.
+// So it stops writing, and reads and discards until the server closes its
+// end, for a second at most. Not over TLS, whose CloseWrite sends
+// close_notify under a deadline of its own (as in linger).
 func (c *session) hangUpServer() {
 	conn := c.server.Conn
-	if hc, ok := conn.(interface{ CloseWrite() error }); ok && hc.CloseWrite() == nil {
+	var err error
+	switch hc := conn.(type) {
+	case *net.TCPConn:
+		err = hc.CloseWrite()
+	case *net.UnixConn:
+		err = hc.CloseWrite()
+	default:
+		err = errors.ErrUnsupported
+	}
+	if err == nil {
 		conn.SetDeadline(time.Now().Add(time.Second))
 		io.Copy(io.Discard, c.server) // through pgconn's reader, which may hold bytes
 	}
