@@ -51,7 +51,7 @@ type eventLoop struct {
 	// Loop thread only.
 	conns  []loopConn // by descriptor number; nil where none is registered
 	events []syscall.EpollEvent
-	busy   bool // the last wait returned events: wait raw
+	busy   bool // the last wait returned events (and there are two Ps): wait raw
 }
 
 // loopConn is what a registered descriptor's events are delivered to: a
@@ -192,7 +192,7 @@ func (l *eventLoop) wait() int {
 	for {
 		var n uintptr
 		var e syscall.Errno
-		if l.busy && runtime.GOMAXPROCS(0) > 1 { // Go may lower it to a container's limit
+		if l.busy {
 			n, e = l.epollWait(rawWait)
 		} else {
 			n, e = l.idleWait()
@@ -208,7 +208,11 @@ func (l *eventLoop) wait() int {
 		case n == 0:
 			l.busy = false
 		default:
-			l.busy = true
+			if !l.busy {
+				// Read when the loop wakes, not at every wait: Go may
+				// lower GOMAXPROCS to a container's limit while running.
+				l.busy = runtime.GOMAXPROCS(0) > 1
+			}
 			return int(n)
 		}
 	}
